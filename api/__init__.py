@@ -1,0 +1,1 @@
+"""HTTP API of pgrag (FastAPI): `uvicorn api.app:app`."""

@@ -1,0 +1,1 @@
+"""pgrag: batch ingestion and queued question answering on PostgreSQL + pgvector."""

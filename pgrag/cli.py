@@ -1,0 +1,254 @@
+"""The `pgrag` command line."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import click
+
+from pgrag.settings import get_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn the errors a user can cause into one clear line and exit status 1."""
+    from pgrag.services import ServiceError
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ServiceError, LookupError, ValueError) as e:
+            raise click.ClickException(str(e).strip("'\"")) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="pgrag")
+def main() -> None:
+    """pgrag: ingest documents into PostgreSQL + pgvector and answer questions over them.
+
+    With no PGRAG_DATABASE_URL / PGRAG_REDIS_URL set, `pgrag up` starts an embedded
+    PostgreSQL (with pgvector) and Redis under ./.pgrag, plus the workers.
+    """
+
+
+# ---------------------------------------------------------------------------- services
+
+
+@main.command()
+@click.option("--workers/--no-workers", default=True, show_default=True, help="Start the Celery workers.")
+@click.option("--api-port", type=int, default=None, help="Also serve the HTTP API on this port.")
+@friendly_errors
+def up(workers: bool, api_port: int | None) -> None:
+    """Start PostgreSQL, Redis and the workers (embedded unless URLs are configured), and migrate."""
+    from pgrag import db, processes, services
+
+    settings = get_settings()
+    db_url = settings.database_url or services.start_postgres(settings)
+    click.echo(f"postgres  {db_url}")
+    r_url = settings.redis_url or services.start_redis(settings)
+    click.echo(f"redis     {r_url}")
+    db.migrate(db_url)
+    click.echo("schema    migrated to the latest revision")
+    if workers:
+        env = {"PGRAG_HOME": str(settings.state_dir)}
+        started = processes.start(settings, processes.default_processes(settings, api_port), env)
+        for name, pid in processes.running(settings).items():
+            note = "started" if name in started else "running"
+            click.echo(f"{name:<14}{note} (pid {pid}, log {settings.state_dir / 'run' / name}.log)")
+
+
+@main.command()
+def down() -> None:
+    """Stop the workers and the embedded PostgreSQL and Redis."""
+    from pgrag import processes, services
+
+    settings = get_settings()
+    for name in processes.stop(settings):
+        click.echo(f"stopped {name}")
+    if not settings.redis_url and services.stop_redis(settings):
+        click.echo("stopped redis")
+    if not settings.database_url and services.stop_postgres(settings):
+        click.echo("stopped postgres")
+
+
+# ---------------------------------------------------------------------------- collections
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+@friendly_errors
+def collections(ctx: click.Context) -> None:
+    """List collections (or create / drop one)."""
+    if ctx.invoked_subcommand is None:
+        from pgrag.collections import list_collections
+
+        rows = list_collections()
+        if not rows:
+            click.echo("no collections yet: `pgrag collections create NAME`")
+        for c in rows:
+            click.echo(f"{c.name:<20} {c.model}  dim={c.dim}  chunk={c.chunk_size}/{c.chunk_overlap}")
+
+
+@collections.command("create")
+@click.argument("name")
+@click.option("--model", help="Embedding model: hub id or local path (default: PGRAG_EMBED_MODEL).")
+@click.option("--chunk-size", type=int, help="Chunk length in tokens (default: PGRAG_CHUNK_SIZE).")
+@click.option("--chunk-overlap", type=int, help="Overlap in tokens (default: PGRAG_CHUNK_OVERLAP).")
+@click.option("--title/--no-title", default=True, help="Embed the document title with each chunk.")
+@click.option("--text-config", default="english", show_default=True, help="Text search config for BM25.")
+@friendly_errors
+def collections_create(
+    name: str, model: str | None, chunk_size: int | None, chunk_overlap: int | None, title: bool, text_config: str
+) -> None:
+    """Create a collection."""
+    from pgrag.collections import create_collection
+
+    c = create_collection(
+        name, model=model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+        prepend_title=title, text_config=text_config,
+    )
+    click.echo(f"created {c.name}: {c.model}, dim {c.dim}, chunks of {c.chunk_size} tokens")
+
+
+@collections.command("drop")
+@click.argument("name")
+@click.confirmation_option(prompt="Drop the collection and all its documents?")
+@friendly_errors
+def collections_drop(name: str) -> None:
+    """Drop a collection with its documents, chunks and index."""
+    from pgrag.collections import drop_collection
+
+    drop_collection(name)
+    click.echo(f"dropped {name}")
+
+
+# ---------------------------------------------------------------------------- ingest and jobs
+
+
+@main.command()
+@click.argument("source", type=click.Path())
+@click.option("-c", "--collection", required=True, help="Target collection.")
+@click.option("--create", is_flag=True, help="Create the collection with default settings if missing.")
+@click.option("--delete-missing", is_flag=True, help="Remove documents no longer in the source.")
+@click.option("--wait/--no-wait", default=True, help="Follow the job with a progress bar.")
+@friendly_errors
+def ingest(source: str, collection: str, create: bool, delete_missing: bool, wait: bool) -> None:
+    """Ingest a folder, a JSONL file or a Parquet file into a collection."""
+    from pgrag import ingest as ingesting
+
+    job = ingesting.submit(source, collection, delete_missing=delete_missing, create=create)
+    click.echo(f"job {job.id}: ingesting {job.source} into {collection}")
+    if wait:
+        follow_job(job.id)
+
+
+def follow_job(job_id: int, interval: float = 0.5) -> None:
+    """Show a job's progress until it ends; exits non-zero if it failed."""
+    from tqdm import tqdm
+
+    from pgrag.jobs import get_job
+
+    job = get_job(job_id)
+    with tqdm(total=job.docs_total, unit="doc", dynamic_ncols=True, file=sys.stderr) as bar:
+        while True:
+            job = get_job(job_id)
+            bar.total = job.docs_total
+            bar.set_postfix_str(
+                f"{job.state}, {job.chunks_done} chunks, {job.docs_skipped} skipped, {job.docs_failed} failed"
+            )
+            bar.update(job.docs_processed - bar.n)
+            if job.finished:
+                break
+            time.sleep(interval)
+    show_job(job_id)
+    if job.state == "failed":
+        sys.exit(1)
+
+
+def _rate(job: Any) -> str:
+    if not job.started_at:
+        return "-"
+    end = job.finished_at or job.updated_at
+    seconds = max((end - job.started_at).total_seconds(), 1e-3)
+    return f"{job.chunks_done / seconds:.1f} chunks/s"
+
+
+def show_job(job_id: int) -> None:
+    from pgrag.jobs import get_job, job_errors
+
+    job = get_job(job_id)
+    click.echo(
+        f"job {job.id}  {job.state}  source={job.source}\n"
+        f"  documents: {job.docs_done} loaded, {job.docs_skipped} unchanged, {job.docs_failed} failed,"
+        f" {job.docs_deleted} deleted, of {job.docs_total if job.docs_total is not None else '?'}\n"
+        f"  chunks: {job.chunks_done}  rate: {_rate(job)}"
+    )
+    if job.error:
+        click.echo(f"  error: {job.error}")
+    errors = job_errors(job_id, limit=50)
+    for e in errors:
+        click.echo(f"  ! {e.ref}: {e.reason}")
+    if job.docs_failed > len(errors):
+        click.echo(f"  ... {job.docs_failed - len(errors)} more: select * from pgrag.ingest_errors where job_id = {job_id}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("args", nargs=-1)
+@friendly_errors
+def jobs(args: tuple[str, ...]) -> None:
+    """List jobs; `pgrag jobs ID` shows one with its errors; `pgrag jobs cancel ID` cancels it."""
+    from pgrag.jobs import cancel_job, list_jobs
+
+    match args:
+        case ():
+            rows = list_jobs()
+            if not rows:
+                click.echo("no jobs yet")
+            for j in rows:
+                total = j.docs_total if j.docs_total is not None else "?"
+                click.echo(
+                    f"{j.id:>5}  {j.state:<9} {j.docs_processed}/{total} docs  {j.chunks_done} chunks"
+                    f"  {j.docs_failed} errors  {_rate(j)}  {j.source}"
+                )
+        case (job_id,) if job_id.isdigit():
+            show_job(int(job_id))
+        case ("cancel", job_id) if job_id.isdigit():
+            job = cancel_job(int(job_id))
+            click.echo(f"job {job.id}: {job.state}")
+        case _:
+            raise click.UsageError("usage: pgrag jobs [ID | cancel ID]")
+
+
+# ---------------------------------------------------------------------------- retrieval
+
+
+@main.command()
+@click.argument("query")
+@click.option("-c", "--collection", required=True)
+@click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@friendly_errors
+def search(query: str, collection: str, k: int) -> None:
+    """Dense ANN search: the k nearest chunks to QUERY."""
+    from pgrag.retrieval import search as run_search
+
+    for rank, p in enumerate(run_search(query, collection, k), 1):
+        snippet = " ".join(p.text.split())[:160]
+        click.echo(f"{rank:>2}. {p.scores['dense']:.3f}  {p.external_id}  (chunk {p.chunk_id})\n    {snippet}")
+
+
+@main.command()
+@friendly_errors
+def migrate() -> None:
+    """Apply the database migrations (done by `pgrag up` too)."""
+    from pgrag import db
+
+    db.migrate()
+    click.echo("schema migrated to the latest revision")

@@ -1,0 +1,389 @@
+"""Ingestion: submit a job, read its source, embed and load its documents, finish it.
+
+The work is split in three steps, each run by a Celery task and each idempotent:
+
+1. `read_source` (ingest queue) streams the source, upserts documents by external id and
+   content hash in batches, and enqueues one `embed_documents` per batch of new or changed
+   documents. Its position in the source is checkpointed with each batch, so a redelivered
+   task resumes where the dead one stopped.
+2. `embed_documents` (embed queue) chunks, embeds and loads one batch of documents in one
+   transaction with their status change; documents no longer pending are left alone, so a
+   duplicate or redelivered task changes nothing twice.
+3. `finalize_job` (ingest queue), claimed once by whoever sees the last pending document go,
+   deletes missing documents, builds the HNSW index when the collection has none, refreshes
+   the BM25 statistics and marks the job done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import psycopg
+
+from pgrag import db, indexing, jobs, queue
+from pgrag.chunking import Chunk, chunk_text, embed_input
+from pgrag.collections import create_collection, get_collection, get_collection_by_id
+from pgrag.embedding import Embedder, load_embedder
+from pgrag.loading import DocumentChunks, replace_chunks
+from pgrag.schema import Collection, IngestJob
+from pgrag.settings import get_settings
+from pgrag.sources import SourceDocument, SourceError, open_source
+
+T = TypeVar("T")
+
+
+def _batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
+def _max_document_bytes() -> int:
+    return int(get_settings().max_document_mb * 1024 * 1024)
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+def submit(
+    source: str | Path,
+    collection: str,
+    *,
+    delete_missing: bool = False,
+    create: bool = False,
+) -> IngestJob:
+    """Queue an ingest job; a bad path or unknown collection fails here, before any work."""
+    path = Path(source).expanduser().resolve()
+    open_source(path, max_document_bytes=_max_document_bytes())  # raises SourceNotFound
+    try:
+        target = get_collection(collection)
+    except LookupError:
+        if not create:
+            raise
+        target = create_collection(collection)
+    job = jobs.create_job(target.id, str(path), {"delete_missing": delete_missing})
+    queue.enqueue(queue.INGEST_SOURCE, job.id)
+    return job
+
+
+# ---------------------------------------------------------------------------- step 1: read
+
+
+def content_hash(doc: SourceDocument) -> bytes:
+    payload = json.dumps([doc.title, doc.text, doc.metadata], sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).digest()
+
+
+@dataclass
+class BatchPlan:
+    """What to do with one batch of source entries."""
+
+    load: list[SourceDocument] = field(default_factory=list)
+    unchanged: list[int] = field(default_factory=list)  # document ids
+    errors: list[tuple[str, str]] = field(default_factory=list)
+
+
+def plan_batch(
+    conn: psycopg.Connection, collection_id: int, job_id: int, items: list[SourceDocument | SourceError]
+) -> BatchPlan:
+    """Sort a batch into documents to (re)load, unchanged documents and errors.
+
+    Locks the existing rows so that two jobs on one collection cannot interleave.
+    """
+    plan = BatchPlan()
+    docs: dict[str, SourceDocument] = {}
+    for item in items:
+        if isinstance(item, SourceError):
+            plan.errors.append((item.ref, item.reason))
+        elif item.external_id in docs:
+            plan.errors.append((item.external_id, "duplicate id: the source has it more than once; the first one was kept"))
+        else:
+            docs[item.external_id] = item
+    existing = {
+        row[0]: row[1:]
+        for row in conn.execute(
+            "SELECT external_id, id, content_hash, status, seen_job_id FROM pgrag.documents"
+            " WHERE collection_id = %s AND external_id = ANY(%s) ORDER BY id FOR UPDATE",
+            (collection_id, list(docs)),
+        )
+    }
+    for external_id, doc in docs.items():
+        if external_id not in existing:
+            plan.load.append(doc)
+            continue
+        doc_id, old_hash, status, seen_job_id = existing[external_id]
+        if seen_job_id == job_id:
+            plan.errors.append((external_id, "duplicate id: the source has it more than once; the first one was kept"))
+        elif bytes(old_hash) == content_hash(doc) and status == "embedded":
+            plan.unchanged.append(doc_id)
+        else:
+            plan.load.append(doc)
+    return plan
+
+
+UPSERT_DOCUMENT = """
+INSERT INTO pgrag.documents
+    (collection_id, external_id, title, metadata, content_hash, text, status, job_id, seen_job_id)
+VALUES (%s, %s, %s, %s, %s, %s, 'pending', %s, %s)
+ON CONFLICT (collection_id, external_id) DO UPDATE SET
+    title = excluded.title, metadata = excluded.metadata, content_hash = excluded.content_hash,
+    text = excluded.text, status = 'pending', job_id = excluded.job_id,
+    seen_job_id = excluded.seen_job_id, updated_at = now()
+RETURNING id
+"""
+
+
+def apply_plan(conn: psycopg.Connection, collection_id: int, job_id: int, plan: BatchPlan) -> list[int]:
+    """Write a batch plan; returns the ids of the documents now pending for this job."""
+    from psycopg.types.json import Jsonb
+
+    pending: list[int] = []
+    if plan.load:
+        cur = conn.cursor()
+        cur.executemany(
+            UPSERT_DOCUMENT,
+            [
+                (collection_id, d.external_id, d.title, Jsonb(d.metadata), content_hash(d),
+                 d.text, job_id, job_id)
+                for d in plan.load
+            ],
+            returning=True,
+        )
+        while True:
+            pending.extend(row[0] for row in cur.fetchall())
+            if not cur.nextset():
+                break
+    if plan.unchanged:
+        conn.execute(
+            "UPDATE pgrag.documents SET seen_job_id = %s WHERE id = ANY(%s)", (job_id, plan.unchanged)
+        )
+    return pending
+
+
+def _pending_ids(conn: psycopg.Connection, job_id: int) -> list[int]:
+    rows = conn.execute(
+        "SELECT id FROM pgrag.documents WHERE job_id = %s AND status = 'pending' ORDER BY id", (job_id,)
+    )
+    return [r[0] for r in rows]
+
+
+def read_source(job_id: int) -> None:
+    """Step 1: stream the source into `documents` and fan out embed tasks."""
+    job = jobs.get_job(job_id)
+    if job.finished or job.source_done:
+        return
+    settings = get_settings()
+    try:
+        source = open_source(job.source, max_document_bytes=_max_document_bytes())
+    except ValueError as e:  # the source vanished between submit and now
+        jobs.fail_job(job_id, str(e))
+        return
+    with db.connect() as conn:
+        started = conn.execute(
+            "UPDATE pgrag.ingest_jobs SET state = 'running', started_at = coalesce(started_at, now()),"
+            " docs_total = coalesce(docs_total, %s), updated_at = now()"
+            " WHERE id = %s AND state IN ('queued', 'running') RETURNING docs_read",
+            (source.estimate_total(), job_id),
+        ).fetchone()
+        conn.commit()
+        if started is None:
+            return
+        resume_at = int(started[0])
+        if resume_at:
+            # A previous delivery died after loading part of the source: resume after its last
+            # checkpoint, and requeue its pending documents (a duplicate embed task is a no-op).
+            for ids in _batched(_pending_ids(conn, job_id), settings.ingest_batch_docs):
+                queue.enqueue(queue.EMBED_DOCUMENTS, job_id, ids)
+        entries = itertools.islice(source, resume_at, None)
+        for batch in _batched(entries, settings.ingest_batch_docs):
+            if jobs.job_state(conn, job_id) != "running":
+                return  # cancelled
+            plan = plan_batch(conn, job.collection_id, job_id, batch)
+            pending = apply_plan(conn, job.collection_id, job_id, plan)
+            failed = jobs.record_errors(conn, job_id, plan.errors)
+            jobs.bump(conn, job_id, docs_read=len(batch), docs_skipped=len(plan.unchanged), docs_failed=failed)
+            conn.commit()
+            if pending:
+                queue.enqueue(queue.EMBED_DOCUMENTS, job_id, pending)
+        conn.execute(
+            "UPDATE pgrag.ingest_jobs SET source_done = true, docs_total = docs_read, updated_at = now()"
+            " WHERE id = %s",
+            (job_id,),
+        )
+        conn.commit()
+    claim_finalize(job_id)
+
+
+# ---------------------------------------------------------------------------- step 2: embed
+
+
+@dataclass(frozen=True)
+class PendingDocument:
+    id: int
+    external_id: str
+    title: str | None
+    text: str
+    metadata: dict
+
+
+def _truncate_tokens(text: str, embedder: Embedder, max_tokens: int) -> str:
+    if max_tokens <= 0:
+        return ""
+    enc = embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+
+
+def embed_inputs(collection: Collection, embedder: Embedder, title: str | None, chunks: list[Chunk]) -> list[str]:
+    """The texts to embed: each chunk, after the title when the collection wants it."""
+    if not (collection.prepend_title and title):
+        return [c.text for c in chunks]
+    # The title gets what the chunk leaves of the model's sequence (2 special tokens).
+    room = embedder.max_seq_length - 2 - collection.chunk_size
+    short_title = _truncate_tokens(title, embedder, room) or None
+    return [embed_input(short_title, c.text) for c in chunks]
+
+
+def embed_documents(job_id: int, document_ids: list[int]) -> None:
+    """Step 2: chunk, embed and load one batch of documents, in one transaction."""
+    with db.connect() as conn:
+        if jobs.job_state(conn, job_id) != "running":
+            return
+        job = jobs.get_job(job_id)
+        collection = get_collection_by_id(job.collection_id)
+        docs = [
+            PendingDocument(*row)
+            for row in conn.execute(
+                "SELECT id, external_id, title, text, metadata FROM pgrag.documents"
+                " WHERE id = ANY(%s) AND job_id = %s AND status = 'pending' ORDER BY id",
+                (document_ids, job_id),
+            )
+        ]
+        conn.commit()
+        if not docs:
+            return
+        embedder = load_embedder(collection.model, get_settings().device)
+        loads, inputs, errors = [], [], []
+        for doc in docs:
+            try:
+                chunks = chunk_text(
+                    doc.text, embedder.tokenizer,
+                    chunk_size=collection.chunk_size, overlap=collection.chunk_overlap,
+                )
+            except Exception as e:  # one bad document must not sink the batch
+                errors.append((doc, f"chunking failed: {e}"))
+                continue
+            if not chunks:
+                errors.append((doc, "no text to embed"))
+                continue
+            loads.append(DocumentChunks(doc.id, doc.metadata, chunks))
+            inputs.extend(embed_inputs(collection, embedder, doc.title, chunks))
+        embeddings = embedder.encode(inputs)
+
+        # Only documents still pending for this job are written: a duplicate delivery of
+        # this task waits on the row locks here and then finds nothing left to do.
+        locked = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM pgrag.documents WHERE id = ANY(%s) AND job_id = %s"
+                " AND status = 'pending' ORDER BY id FOR UPDATE",
+                ([d.id for d in docs], job_id),
+            )
+        }
+        keep = [i for i, load in enumerate(loads) if load.document_id in locked]
+        if len(keep) < len(loads):
+            offsets = list(itertools.accumulate((len(d.chunks) for d in loads), initial=0))
+            rows = [r for i in keep for r in range(offsets[i], offsets[i + 1])]
+            loads, embeddings = [loads[i] for i in keep], embeddings[rows]
+        errors = [(doc, reason) for doc, reason in errors if doc.id in locked]
+        chunk_count = replace_chunks(conn, collection.id, loads, embeddings)
+        conn.cursor().executemany(
+            "UPDATE pgrag.documents SET status = 'embedded', chunk_count = %s, updated_at = now()"
+            " WHERE id = %s",
+            [(len(load.chunks), load.document_id) for load in loads],
+        )
+        if errors:
+            conn.execute(
+                "UPDATE pgrag.documents SET status = 'failed', chunk_count = 0, updated_at = now()"
+                " WHERE id = ANY(%s)",
+                ([doc.id for doc, _ in errors],),
+            )
+            conn.execute(
+                "DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)", ([doc.id for doc, _ in errors],)
+            )
+        failed = jobs.record_errors(conn, job_id, [(doc.external_id, reason) for doc, reason in errors])
+        jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
+        conn.commit()
+    claim_finalize(job_id)
+
+
+# ---------------------------------------------------------------------------- step 3: finish
+
+
+def claim_finalize(job_id: int) -> None:
+    """Move the job to `indexing` once nothing is left to read or embed; only one caller wins."""
+    with db.connect() as conn:
+        claimed = conn.execute(
+            "UPDATE pgrag.ingest_jobs SET state = 'indexing', updated_at = now()"
+            " WHERE id = %s AND state = 'running' AND source_done AND NOT EXISTS ("
+            "   SELECT 1 FROM pgrag.documents WHERE job_id = %s AND status = 'pending')"
+            " RETURNING id",
+            (job_id, job_id),
+        ).fetchone()
+    if claimed:
+        queue.enqueue(queue.FINALIZE_JOB, job_id)
+
+
+REFRESH_LEXEMES = """
+WITH gone AS (DELETE FROM pgrag.lexemes WHERE collection_id = %(c)s)
+INSERT INTO pgrag.lexemes (collection_id, lexeme, df)
+SELECT %(c)s, lexeme, count(*) FROM pgrag.postings WHERE collection_id = %(c)s GROUP BY lexeme
+"""
+
+REFRESH_LENGTHS = """
+UPDATE pgrag.collections SET
+    lexical_chunks = s.n, lexical_avg_len = coalesce(s.avg_len, 0)
+FROM (
+    SELECT count(*) AS n, avg(chunk_len) AS avg_len FROM (
+        SELECT DISTINCT ON (chunk_id) chunk_len FROM pgrag.postings WHERE collection_id = %(c)s
+    ) per_chunk
+) s
+WHERE id = %(c)s
+"""
+
+
+def refresh_lexical_stats(conn: psycopg.Connection, collection_id: int) -> None:
+    conn.execute(REFRESH_LEXEMES, {"c": collection_id})
+    conn.execute(REFRESH_LENGTHS, {"c": collection_id})
+
+
+def finalize_job(job_id: int) -> None:
+    """Step 3: delete missing documents, build the index if needed, refresh statistics."""
+    job = jobs.get_job(job_id)
+    if job.state != "indexing":
+        return
+    collection = get_collection_by_id(job.collection_id)
+    with db.connect() as conn:
+        if job.options.get("delete_missing"):
+            deleted = conn.execute(
+                "DELETE FROM pgrag.documents WHERE collection_id = %s"
+                " AND seen_job_id IS DISTINCT FROM %s",
+                (collection.id, job_id),
+            ).rowcount
+            jobs.bump(conn, job_id, docs_deleted=deleted)
+        refresh_lexical_stats(conn, collection.id)
+        conn.commit()
+    with db.connect(autocommit=True) as conn:
+        indexing.build_index(conn, collection)
+        conn.execute("ANALYZE pgrag.chunks")
+        conn.execute(
+            "UPDATE pgrag.ingest_jobs SET state = 'done', finished_at = now(), updated_at = now()"
+            " WHERE id = %s AND state = 'indexing'",
+            (job_id,),
+        )

@@ -1,0 +1,76 @@
+"""One settings object, read from `PGRAG_*` environment variables."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from functools import cache
+from pathlib import Path
+from typing import Any, get_type_hints
+
+DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Services. Empty URLs mean "use the embedded servers under `home`".
+    database_url: str = ""
+    redis_url: str = ""
+    home: Path = Path(".pgrag")
+
+    # Embedding and chunking defaults for new collections.
+    embed_model: str = DEFAULT_EMBED_MODEL
+    chunk_size: int = 200  # tokens of the embedding model's tokenizer
+    chunk_overlap: int = 32
+    device: str = ""  # "" picks cuda when available, else cpu
+    # Tokens per embedding batch (padded length x rows). GPUs take far more than CPUs.
+    embed_token_budget_cpu: int = 8192
+    embed_token_budget_gpu: int = 131072
+    embed_max_batch: int = 512
+
+    # Ingestion.
+    ingest_batch_docs: int = 128  # documents per embed task
+    max_document_mb: float = 20.0
+
+    # Query answering.
+    rerank_model: str = DEFAULT_RERANK_MODEL
+    rerank_top_n: int = 50
+    generator: str = "extractive"  # extractive | local | openai
+    openai_base_url: str = "http://127.0.0.1:8000/v1"
+    openai_api_key: str = ""
+    openai_model: str = ""
+    generate_timeout_s: float = 120.0
+    max_new_tokens: int = 256
+    max_question_chars: int = 4000
+    answer_ttl_s: int = 3600
+
+    # Celery.
+    visibility_timeout_s: int = 3600
+
+    @property
+    def state_dir(self) -> Path:
+        return self.home.resolve()
+
+
+def _parse(value: str, kind: Any) -> Any:
+    if kind is bool:
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if kind in (int, float, Path):
+        return kind(value)
+    return value
+
+
+@cache
+def get_settings() -> Settings:
+    """Settings from the environment, read once per process."""
+    hints = get_type_hints(Settings)
+    values: dict[str, Any] = {}
+    for f in fields(Settings):
+        raw = os.environ.get(f"PGRAG_{f.name.upper()}")
+        if raw is not None:
+            try:
+                values[f.name] = _parse(raw, hints[f.name])
+            except ValueError as e:
+                raise ValueError(f"PGRAG_{f.name.upper()}={raw!r}: {e}") from None
+    return Settings(**values)

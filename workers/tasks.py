@@ -1,0 +1,43 @@
+"""Celery tasks: thin wrappers that call `pgrag` and record failures on the job.
+
+Every task is idempotent (see `pgrag.ingest`): with late acknowledgement a task whose worker
+died is delivered again, and running it twice changes nothing twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import redis
+from celery import Task
+
+from pgrag import ingest, jobs, queue
+from workers.app import app
+
+# Lost connections are retried; anything else is a real failure and ends the job.
+TRANSIENT = (psycopg.OperationalError, redis.ConnectionError)
+
+
+class JobTask(Task):
+    autoretry_for = TRANSIENT
+    retry_backoff = True
+    max_retries = 5
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        jobs.fail_job(args[0], f"{self.name} failed: {type(exc).__name__}: {exc}")
+
+
+@app.task(name=queue.INGEST_SOURCE, base=JobTask)
+def ingest_source(job_id: int) -> None:
+    ingest.read_source(job_id)
+
+
+@app.task(name=queue.EMBED_DOCUMENTS, base=JobTask)
+def embed_documents(job_id: int, document_ids: list[int]) -> None:
+    ingest.embed_documents(job_id, document_ids)
+
+
+@app.task(name=queue.FINALIZE_JOB, base=JobTask)
+def finalize_job(job_id: int) -> None:
+    ingest.finalize_job(job_id)
