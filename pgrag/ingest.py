@@ -341,7 +341,6 @@ def claim_finalize(job_id: int) -> None:
 
 
 REFRESH_LEXEMES = """
-WITH gone AS (DELETE FROM pgrag.lexemes WHERE collection_id = %(c)s)
 INSERT INTO pgrag.lexemes (collection_id, lexeme, df)
 SELECT %(c)s, lexeme, count(*) FROM pgrag.postings WHERE collection_id = %(c)s GROUP BY lexeme
 """
@@ -359,6 +358,7 @@ WHERE id = %(c)s
 
 
 def refresh_lexical_stats(conn: psycopg.Connection, collection_id: int) -> None:
+    conn.execute("DELETE FROM pgrag.lexemes WHERE collection_id = %s", (collection_id,))
     conn.execute(REFRESH_LEXEMES, {"c": collection_id})
     conn.execute(REFRESH_LENGTHS, {"c": collection_id})
 

@@ -1,0 +1,119 @@
+"""Shared fixtures: a real embedded PostgreSQL + pgvector, a real Redis and real Celery workers.
+
+They start once per test session under a temporary PGRAG_HOME, exactly as `pgrag up` starts
+them, and every test works in collections of its own.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Worker:
+    """A real `celery worker` process on some queues, which a test may kill."""
+
+    def __init__(self, home: Path, queues: str, name: str, env: dict[str, str] | None = None) -> None:
+        self.log = home / f"{name}.log"
+        argv = [
+            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues,
+            "-c", "1", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
+            "--without-mingle", "--without-heartbeat",
+        ]
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
+            if b"ready." in self.log.read_bytes():
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"worker not ready: {self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children) at once."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Embedded PostgreSQL + Redis under a fresh PGRAG_HOME, migrated to the latest schema."""
+    from pgrag import db, services as svc
+    from pgrag.settings import get_settings
+
+    home = tmp_path_factory.mktemp("pgrag-home")
+    os.environ["PGRAG_HOME"] = str(home)
+    # Short enough that a task of a killed worker is redelivered within the test.
+    os.environ["PGRAG_VISIBILITY_TIMEOUT_S"] = "20"
+    for var in ("PGRAG_DATABASE_URL", "PGRAG_REDIS_URL"):
+        os.environ.pop(var, None)
+    get_settings.cache_clear()
+    settings = get_settings()
+    svc.start_postgres(settings)
+    svc.start_redis(settings)
+    db.migrate()
+    yield home
+    svc.stop_redis(settings)
+    svc.stop_postgres(settings)
+
+
+@pytest.fixture(scope="session")
+def worker(services: Path) -> Iterator[Worker]:
+    """One worker on every queue, shared by the tests."""
+    w = Worker(services, "ingest,embed,query", "all")
+    yield w
+    w.stop()
+
+
+_names = itertools.count()
+
+
+@pytest.fixture
+def collection_name(request: pytest.FixtureRequest) -> str:
+    """A collection name unique to the test."""
+    return f"t{next(_names)}_{request.node.name[:40]}".replace("[", "_").replace("]", "")
+
+
+@pytest.fixture
+def wait_job() -> Callable[..., object]:
+    from pgrag.jobs import get_job
+
+    def wait(job_id: int, timeout: float = 300) -> object:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = get_job(job_id)
+            if job.finished:
+                return job
+            time.sleep(0.2)
+        raise TimeoutError(f"job {job_id} still {get_job(job_id).state} after {timeout}s")
+
+    return wait
