@@ -157,9 +157,13 @@ def follow_job(job_id: int, interval: float = 0.5) -> None:
     from pgrag.jobs import get_job
 
     job = get_job(job_id)
+    waited = time.monotonic()
     with tqdm(total=job.docs_total, unit="doc", dynamic_ncols=True, file=sys.stderr) as bar:
         while True:
             job = get_job(job_id)
+            if job.state == "queued" and time.monotonic() - waited > 15:
+                bar.write("still queued: is an ingest worker running? (`pgrag up` starts one)")
+                waited = float("inf")
             bar.total = job.docs_total
             bar.set_postfix_str(
                 f"{job.state}, {job.chunks_done} chunks, {job.docs_skipped} skipped, {job.docs_failed} failed"

@@ -363,26 +363,33 @@ def refresh_lexical_stats(conn: psycopg.Connection, collection_id: int) -> None:
     conn.execute(REFRESH_LENGTHS, {"c": collection_id})
 
 
+FINALIZE_LOCK = 0x70677261  # advisory lock class for finalize steps ("pgra")
+
+
 def finalize_job(job_id: int) -> None:
-    """Step 3: delete missing documents, build the index if needed, refresh statistics."""
+    """Step 3: delete missing documents, refresh statistics, build the index if needed."""
     job = jobs.get_job(job_id)
     if job.state != "indexing":
         return
     collection = get_collection_by_id(job.collection_id)
-    with db.connect() as conn:
-        if job.options.get("delete_missing"):
-            deleted = conn.execute(
-                "DELETE FROM pgrag.documents WHERE collection_id = %s"
-                " AND seen_job_id IS DISTINCT FROM %s",
-                (collection.id, job_id),
-            ).rowcount
-            jobs.bump(conn, job_id, docs_deleted=deleted)
-        refresh_lexical_stats(conn, collection.id)
-        conn.commit()
-    with db.connect(autocommit=True) as conn:
-        indexing.build_index(conn, collection)
-        conn.execute("ANALYZE pgrag.chunks")
-        conn.execute(
+    with db.connect(autocommit=True) as lock_conn:
+        # An index build can outlast the broker's visibility timeout and be delivered again
+        # while it runs: the second delivery leaves the work to the first.
+        locked = lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (FINALIZE_LOCK, job_id))
+        if not locked.fetchone()[0]:  # type: ignore[index]
+            return
+        with db.connect() as conn:
+            if job.options.get("delete_missing"):
+                deleted = conn.execute(
+                    "DELETE FROM pgrag.documents WHERE collection_id = %s"
+                    " AND seen_job_id IS DISTINCT FROM %s",
+                    (collection.id, job_id),
+                ).rowcount
+                jobs.bump(conn, job_id, docs_deleted=deleted)
+            refresh_lexical_stats(conn, collection.id)
+        indexing.build_index(lock_conn, collection)
+        lock_conn.execute("ANALYZE pgrag.chunks")
+        lock_conn.execute(
             "UPDATE pgrag.ingest_jobs SET state = 'done', finished_at = now(), updated_at = now()"
             " WHERE id = %s AND state = 'indexing'",
             (job_id,),
