@@ -43,11 +43,16 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--workers/--no-workers", default=True, show_default=True, help="Start the Celery workers.")
+@click.option(
+    "--workers/--no-workers", default=True, show_default=True, help="Start the Celery workers."
+)
 @click.option("--api-port", type=int, default=None, help="Also serve the HTTP API on this port.")
 @friendly_errors
 def up(workers: bool, api_port: int | None) -> None:
-    """Start PostgreSQL, Redis and the workers (embedded unless URLs are configured), and migrate."""
+    """Start PostgreSQL, Redis and the workers, and migrate the schema.
+
+    The servers are embedded ones under PGRAG_HOME unless their URLs are configured.
+    """
     from pgrag import db, processes, services
 
     settings = get_settings()
@@ -94,7 +99,9 @@ def collections(ctx: click.Context) -> None:
         if not rows:
             click.echo("no collections yet: `pgrag collections create NAME`")
         for c in rows:
-            click.echo(f"{c.name:<20} {c.model}  dim={c.dim}  chunk={c.chunk_size}/{c.chunk_overlap}")
+            click.echo(
+                f"{c.name:<20} {c.model}  dim={c.dim}  chunk={c.chunk_size}/{c.chunk_overlap}"
+            )
 
 
 @collections.command("create")
@@ -103,17 +110,28 @@ def collections(ctx: click.Context) -> None:
 @click.option("--chunk-size", type=int, help="Chunk length in tokens (default: PGRAG_CHUNK_SIZE).")
 @click.option("--chunk-overlap", type=int, help="Overlap in tokens (default: PGRAG_CHUNK_OVERLAP).")
 @click.option("--title/--no-title", default=True, help="Embed the document title with each chunk.")
-@click.option("--text-config", default="english", show_default=True, help="Text search config for BM25.")
+@click.option(
+    "--text-config", default="english", show_default=True, help="Text search config for BM25."
+)
 @friendly_errors
 def collections_create(
-    name: str, model: str | None, chunk_size: int | None, chunk_overlap: int | None, title: bool, text_config: str
+    name: str,
+    model: str | None,
+    chunk_size: int | None,
+    chunk_overlap: int | None,
+    title: bool,
+    text_config: str,
 ) -> None:
     """Create a collection."""
     from pgrag.collections import create_collection
 
     c = create_collection(
-        name, model=model, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-        prepend_title=title, text_config=text_config,
+        name,
+        model=model,
+        chunk_size=chunk_size,
+        chunk_overlap=chunk_overlap,
+        prepend_title=title,
+        text_config=text_config,
     )
     click.echo(f"created {c.name}: {c.model}, dim {c.dim}, chunks of {c.chunk_size} tokens")
 
@@ -136,7 +154,9 @@ def collections_drop(name: str) -> None:
 @main.command()
 @click.argument("source", type=click.Path())
 @click.option("-c", "--collection", required=True, help="Target collection.")
-@click.option("--create", is_flag=True, help="Create the collection with default settings if missing.")
+@click.option(
+    "--create", is_flag=True, help="Create the collection with default settings if missing."
+)
 @click.option("--delete-missing", is_flag=True, help="Remove documents no longer in the source.")
 @click.option("--wait/--no-wait", default=True, help="Follow the job with a progress bar.")
 @friendly_errors
@@ -166,7 +186,8 @@ def follow_job(job_id: int, interval: float = 0.5) -> None:
                 waited = float("inf")
             bar.total = job.docs_total
             bar.set_postfix_str(
-                f"{job.state}, {job.chunks_done} chunks, {job.docs_skipped} skipped, {job.docs_failed} failed"
+                f"{job.state}, {job.chunks_done} chunks, "
+                f"{job.docs_skipped} skipped, {job.docs_failed} failed"
             )
             bar.update(job.docs_processed - bar.n)
             if job.finished:
@@ -191,7 +212,8 @@ def show_job(job_id: int) -> None:
     job = get_job(job_id)
     click.echo(
         f"job {job.id}  {job.state}  source={job.source}\n"
-        f"  documents: {job.docs_done} loaded, {job.docs_skipped} unchanged, {job.docs_failed} failed,"
+        f"  documents: {job.docs_done} loaded, {job.docs_skipped} unchanged,"
+        f" {job.docs_failed} failed,"
         f" {job.docs_deleted} deleted, of {job.docs_total if job.docs_total is not None else '?'}\n"
         f"  chunks: {job.chunks_done}  rate: {_rate(job)}"
     )
@@ -201,7 +223,10 @@ def show_job(job_id: int) -> None:
     for e in errors:
         click.echo(f"  ! {e.ref}: {e.reason}")
     if job.docs_failed > len(errors):
-        click.echo(f"  ... {job.docs_failed - len(errors)} more: select * from pgrag.ingest_errors where job_id = {job_id}")
+        click.echo(
+            f"  ... {job.docs_failed - len(errors)} more:"
+            f" select * from pgrag.ingest_errors where job_id = {job_id}"
+        )
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
@@ -219,7 +244,8 @@ def jobs(args: tuple[str, ...]) -> None:
             for j in rows:
                 total = j.docs_total if j.docs_total is not None else "?"
                 click.echo(
-                    f"{j.id:>5}  {j.state:<9} {j.docs_processed}/{total} docs  {j.chunks_done} chunks"
+                    f"{j.id:>5}  {j.state:<9} {j.docs_processed}/{total} docs"
+                    f"  {j.chunks_done} chunks"
                     f"  {j.docs_failed} errors  {_rate(j)}  {j.source}"
                 )
         case (job_id,) if job_id.isdigit():
@@ -245,7 +271,9 @@ def search(query: str, collection: str, k: int) -> None:
 
     for rank, p in enumerate(run_search(query, collection, k), 1):
         snippet = " ".join(p.text.split())[:160]
-        click.echo(f"{rank:>2}. {p.scores['dense']:.3f}  {p.external_id}  (chunk {p.chunk_id})\n    {snippet}")
+        click.echo(
+            f"{rank:>2}. {p.scores['dense']:.3f}  {p.external_id}  (chunk {p.chunk_id})\n    {snippet}"
+        )
 
 
 @main.command()

@@ -8,6 +8,7 @@ from functools import cache
 from pathlib import Path
 
 import psycopg
+from alembic.config import Config
 from pgvector.psycopg import register_vector
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
@@ -30,9 +31,7 @@ def connect(*, autocommit: bool = False) -> Iterator[psycopg.Connection]:
         yield conn
 
 
-def _alembic_config(url: str | None):  # type: ignore[no-untyped-def]
-    from alembic.config import Config
-
+def _alembic_config(url: str | None) -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.attributes["url"] = sqlalchemy_url(url)

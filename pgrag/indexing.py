@@ -53,7 +53,8 @@ def build_index(conn: psycopg.Connection, collection: Collection) -> bool:
     conn.execute(
         f"CREATE INDEX CONCURRENTLY {collection.index_name} ON pgrag.chunks"
         f" USING hnsw (({vector_expr(collection)}) vector_cosine_ops)"
-        f" WITH (m = {int(collection.hnsw_m)}, ef_construction = {int(collection.hnsw_ef_construction)})"
+        f" WITH (m = {int(collection.hnsw_m)},"
+        f" ef_construction = {int(collection.hnsw_ef_construction)})"
         f" WHERE collection_id = {int(collection.id)}"
     )
     return True

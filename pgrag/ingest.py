@@ -90,7 +90,10 @@ class BatchPlan:
 
 
 def plan_batch(
-    conn: psycopg.Connection, collection_id: int, job_id: int, items: list[SourceDocument | SourceError]
+    conn: psycopg.Connection,
+    collection_id: int,
+    job_id: int,
+    items: list[SourceDocument | SourceError],
 ) -> BatchPlan:
     """Sort a batch into documents to (re)load, unchanged documents and errors.
 
@@ -102,7 +105,12 @@ def plan_batch(
         if isinstance(item, SourceError):
             plan.errors.append((item.ref, item.reason))
         elif item.external_id in docs:
-            plan.errors.append((item.external_id, "duplicate id: the source has it more than once; the first one was kept"))
+            plan.errors.append(
+                (
+                    item.external_id,
+                    "duplicate id: the source has it more than once; the first one was kept",
+                )
+            )
         else:
             docs[item.external_id] = item
     existing = {
@@ -119,7 +127,12 @@ def plan_batch(
             continue
         doc_id, old_hash, status, seen_job_id = existing[external_id]
         if seen_job_id == job_id:
-            plan.errors.append((external_id, "duplicate id: the source has it more than once; the first one was kept"))
+            plan.errors.append(
+                (
+                    external_id,
+                    "duplicate id: the source has it more than once; the first one was kept",
+                )
+            )
         elif bytes(old_hash) == content_hash(doc) and status == "embedded":
             plan.unchanged.append(doc_id)
         else:
@@ -139,7 +152,9 @@ RETURNING id
 """
 
 
-def apply_plan(conn: psycopg.Connection, collection_id: int, job_id: int, plan: BatchPlan) -> list[int]:
+def apply_plan(
+    conn: psycopg.Connection, collection_id: int, job_id: int, plan: BatchPlan
+) -> list[int]:
     """Write a batch plan; returns the ids of the documents now pending for this job."""
     from psycopg.types.json import Jsonb
 
@@ -149,8 +164,16 @@ def apply_plan(conn: psycopg.Connection, collection_id: int, job_id: int, plan: 
         cur.executemany(
             UPSERT_DOCUMENT,
             [
-                (collection_id, d.external_id, d.title, Jsonb(d.metadata), content_hash(d),
-                 d.text, job_id, job_id)
+                (
+                    collection_id,
+                    d.external_id,
+                    d.title,
+                    Jsonb(d.metadata),
+                    content_hash(d),
+                    d.text,
+                    job_id,
+                    job_id,
+                )
                 for d in plan.load
             ],
             returning=True,
@@ -161,14 +184,16 @@ def apply_plan(conn: psycopg.Connection, collection_id: int, job_id: int, plan: 
                 break
     if plan.unchanged:
         conn.execute(
-            "UPDATE pgrag.documents SET seen_job_id = %s WHERE id = ANY(%s)", (job_id, plan.unchanged)
+            "UPDATE pgrag.documents SET seen_job_id = %s WHERE id = ANY(%s)",
+            (job_id, plan.unchanged),
         )
     return pending
 
 
 def _pending_ids(conn: psycopg.Connection, job_id: int) -> list[int]:
     rows = conn.execute(
-        "SELECT id FROM pgrag.documents WHERE job_id = %s AND status = 'pending' ORDER BY id", (job_id,)
+        "SELECT id FROM pgrag.documents WHERE job_id = %s AND status = 'pending' ORDER BY id",
+        (job_id,),
     )
     return [r[0] for r in rows]
 
@@ -186,7 +211,8 @@ def read_source(job_id: int) -> None:
         return
     with db.connect() as conn:
         started = conn.execute(
-            "UPDATE pgrag.ingest_jobs SET state = 'running', started_at = coalesce(started_at, now()),"
+            "UPDATE pgrag.ingest_jobs SET state = 'running',"
+            " started_at = coalesce(started_at, now()),"
             " docs_total = coalesce(docs_total, %s), updated_at = now()"
             " WHERE id = %s AND state IN ('queued', 'running') RETURNING docs_read",
             (source.estimate_total(), job_id),
@@ -207,12 +233,19 @@ def read_source(job_id: int) -> None:
             plan = plan_batch(conn, job.collection_id, job_id, batch)
             pending = apply_plan(conn, job.collection_id, job_id, plan)
             failed = jobs.record_errors(conn, job_id, plan.errors)
-            jobs.bump(conn, job_id, docs_read=len(batch), docs_skipped=len(plan.unchanged), docs_failed=failed)
+            jobs.bump(
+                conn,
+                job_id,
+                docs_read=len(batch),
+                docs_skipped=len(plan.unchanged),
+                docs_failed=failed,
+            )
             conn.commit()
             if pending:
                 queue.enqueue(queue.EMBED_DOCUMENTS, job_id, pending)
         conn.execute(
-            "UPDATE pgrag.ingest_jobs SET source_done = true, docs_total = docs_read, updated_at = now()"
+            "UPDATE pgrag.ingest_jobs SET source_done = true, docs_total = docs_read,"
+            " updated_at = now()"
             " WHERE id = %s",
             (job_id,),
         )
@@ -240,7 +273,9 @@ def _truncate_tokens(text: str, embedder: Embedder, max_tokens: int) -> str:
     return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
 
-def embed_inputs(collection: Collection, embedder: Embedder, title: str | None, chunks: list[Chunk]) -> list[str]:
+def embed_inputs(
+    collection: Collection, embedder: Embedder, title: str | None, chunks: list[Chunk]
+) -> list[str]:
     """The texts to embed: each chunk, after the title when the collection wants it."""
     if not (collection.prepend_title and title):
         return [c.text for c in chunks]
@@ -273,8 +308,10 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
         for doc in docs:
             try:
                 chunks = chunk_text(
-                    doc.text, embedder.tokenizer,
-                    chunk_size=collection.chunk_size, overlap=collection.chunk_overlap,
+                    doc.text,
+                    embedder.tokenizer,
+                    chunk_size=collection.chunk_size,
+                    overlap=collection.chunk_overlap,
                 )
             except Exception as e:  # one bad document must not sink the batch
                 errors.append((doc, f"chunking failed: {e}"))
@@ -315,9 +352,12 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
                 ([doc.id for doc, _ in errors],),
             )
             conn.execute(
-                "DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)", ([doc.id for doc, _ in errors],)
+                "DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)",
+                ([doc.id for doc, _ in errors],),
             )
-        failed = jobs.record_errors(conn, job_id, [(doc.external_id, reason) for doc, reason in errors])
+        failed = jobs.record_errors(
+            conn, job_id, [(doc.external_id, reason) for doc, reason in errors]
+        )
         jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
         conn.commit()
     claim_finalize(job_id)

@@ -53,7 +53,8 @@ def cancel_job(job_id: int) -> IngestJob:
     get_job(job_id)
     with db.connect() as conn:
         conn.execute(
-            "UPDATE pgrag.ingest_jobs SET state = 'cancelled', finished_at = now(), updated_at = now()"
+            "UPDATE pgrag.ingest_jobs"
+            " SET state = 'cancelled', finished_at = now(), updated_at = now()"
             " WHERE id = %s AND state <> ALL(%s)",
             (job_id, list(TERMINAL_JOB_STATES)),
         )

@@ -64,10 +64,19 @@ def replace_chunks(
         for doc in documents:
             metadata = Jsonb(doc.metadata)
             for chunk in doc.chunks:
-                copy.write_row((
-                    collection_id, doc.document_id, chunk.ord, chunk.text, chunk.start,
-                    chunk.end, chunk.token_count, metadata, embeddings[row],
-                ))
+                copy.write_row(
+                    (
+                        collection_id,
+                        doc.document_id,
+                        chunk.ord,
+                        chunk.text,
+                        chunk.start,
+                        chunk.end,
+                        chunk.token_count,
+                        metadata,
+                        embeddings[row],
+                    )
+                )
                 row += 1
     if row != len(embeddings):
         raise ValueError(f"{len(embeddings)} embeddings for {row} chunks")

@@ -27,16 +27,39 @@ def worker(queue: str, concurrency: int = 1) -> Process:
     return Process(
         f"worker-{queue}",
         [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker",
-            "-Q", queue, "-c", str(concurrency), "-n", f"{queue}@%h",
-            "--loglevel", "INFO", "--without-gossip", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            queue,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{queue}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
         ],
     )
 
 
 def api(port: int) -> Process:
     return Process(
-        "api", [sys.executable, "-m", "uvicorn", "api.app:app", "--host", "127.0.0.1", "--port", str(port)]
+        "api",
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "api.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
     )
 
 
@@ -83,8 +106,12 @@ def start(settings: Settings, procs: list[Process], env: dict[str, str]) -> dict
             continue
         with open(run / f"{proc.name}.log", "ab") as log:
             child = subprocess.Popen(
-                proc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env={**os.environ, **env}, start_new_session=True,
+                proc.argv,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **env},
+                start_new_session=True,
             )
         (run / f"{proc.name}.pid").write_text(str(child.pid))
         started[proc.name] = child.pid

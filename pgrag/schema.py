@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, Text
+from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, Text
 from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -20,12 +20,11 @@ TERMINAL_JOB_STATES = ("done", "failed", "cancelled")
 
 
 class Base(DeclarativeBase):
-    pass
+    metadata = MetaData(schema="pgrag")
 
 
 class Collection(Base):
     __tablename__ = "collections"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
@@ -48,10 +47,11 @@ class Collection(Base):
 
 class IngestJob(Base):
     __tablename__ = "ingest_jobs"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    collection_id: Mapped[int] = mapped_column(ForeignKey("pgrag.collections.id", ondelete="CASCADE"))
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("pgrag.collections.id", ondelete="CASCADE")
+    )
     source: Mapped[str] = mapped_column(Text)
     options: Mapped[dict[str, Any]] = mapped_column(JSONB, default=dict)
     state: Mapped[str] = mapped_column(Text, default="queued")
@@ -80,10 +80,11 @@ class IngestJob(Base):
 
 class Document(Base):
     __tablename__ = "documents"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
-    collection_id: Mapped[int] = mapped_column(ForeignKey("pgrag.collections.id", ondelete="CASCADE"))
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("pgrag.collections.id", ondelete="CASCADE")
+    )
     external_id: Mapped[str] = mapped_column(Text)
     title: Mapped[str | None] = mapped_column(Text)
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
@@ -101,7 +102,6 @@ class Document(Base):
 
 class Chunk(Base):
     __tablename__ = "chunks"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     collection_id: Mapped[int]
@@ -119,7 +119,6 @@ class Chunk(Base):
 
 class IngestError(Base):
     __tablename__ = "ingest_errors"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
     job_id: Mapped[int] = mapped_column(
@@ -132,7 +131,6 @@ class IngestError(Base):
 
 class Query(Base):
     __tablename__ = "queries"
-    __table_args__ = {"schema": "pgrag"}
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, server_default="gen_random_uuid()")
     collection: Mapped[str] = mapped_column(Text)

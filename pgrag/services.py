@@ -7,6 +7,7 @@ starts them, `pgrag down` stops them, and every other process only looks them up
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -109,11 +110,24 @@ def start_redis(settings: Settings) -> str:
     port = _free_port()
     subprocess.run(
         [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--daemonize", "yes",
-            "--dir", str(folder), "--pidfile", str(folder / "redis.pid"),
-            "--logfile", str(folder / "redis.log"),
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--daemonize",
+            "yes",
+            "--dir",
+            str(folder),
+            "--pidfile",
+            str(folder / "redis.pid"),
+            "--logfile",
+            str(folder / "redis.log"),
             # Queued tasks must survive a restart of the embedded server.
-            "--appendonly", "yes", "--save", "",
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
         ],
         check=True,
     )
@@ -131,10 +145,9 @@ def stop_redis(settings: Settings) -> bool:
         return False
     import redis
 
-    try:
+    # SHUTDOWN closes the connection under us.
+    with contextlib.suppress(redis.ConnectionError):
         redis.Redis.from_url(url).shutdown(nosave=True)
-    except redis.ConnectionError:
-        pass  # shutdown closes the connection under us
     _redis_port_file(settings).unlink(missing_ok=True)
     return True
 

@@ -25,7 +25,7 @@ class Settings:
     chunk_overlap: int = 32
     device: str = ""  # "" picks cuda when available, else cpu
     # Tokens per embedding batch (padded length x rows). GPUs take far more than CPUs.
-    embed_token_budget_cpu: int = 8192
+    embed_token_budget_cpu: int = 4096
     embed_token_budget_gpu: int = 131072
     embed_max_batch: int = 512
 

@@ -26,17 +26,37 @@ ROOT = Path(__file__).resolve().parent.parent
 class Worker:
     """A real `celery worker` process on some queues, which a test may kill."""
 
-    def __init__(self, home: Path, queues: str, name: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, home: Path, queues: str, name: str, env: dict[str, str] | None = None
+    ) -> None:
         self.log = home / f"{name}.log"
         argv = [
-            sys.executable, "-m", "celery", "-A", "workers.app", "worker", "-Q", queues,
-            "-c", "1", "-n", f"{name}@%h", "--loglevel", "INFO", "--without-gossip",
-            "--without-mingle", "--without-heartbeat",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers.app",
+            "worker",
+            "-Q",
+            queues,
+            "-c",
+            "1",
+            "-n",
+            f"{name}@%h",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
         ]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **(env or {})}, start_new_session=True,
+                argv,
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, **(env or {})},
+                start_new_session=True,
             )
         self.wait_ready()
 
@@ -67,7 +87,8 @@ class Worker:
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Embedded PostgreSQL + Redis under a fresh PGRAG_HOME, migrated to the latest schema."""
-    from pgrag import db, services as svc
+    from pgrag import db
+    from pgrag import services as svc
     from pgrag.settings import get_settings
 
     home = tmp_path_factory.mktemp("pgrag-home")

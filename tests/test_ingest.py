@@ -31,10 +31,18 @@ DOCS = {
     "is allowed for longer flights.</p></body></html>",
 }
 ROWS = [
-    {"id": "faq-1", "title": "Office hours", "text": "The Lisbon office is open from 8am to 7pm.",
-     "metadata": {"lang": "en"}},
-    {"id": "faq-2", "title": "Coffee", "text": "Free coffee is served on the third floor kitchen.",
-     "metadata": {"lang": "en"}},
+    {
+        "id": "faq-1",
+        "title": "Office hours",
+        "text": "The Lisbon office is open from 8am to 7pm.",
+        "metadata": {"lang": "en"},
+    },
+    {
+        "id": "faq-2",
+        "title": "Coffee",
+        "text": "Free coffee is served on the third floor kitchen.",
+        "metadata": {"lang": "en"},
+    },
 ]
 
 
@@ -59,7 +67,9 @@ def scalar(sql: str, *params: object) -> object:
         return row[0]
 
 
-def test_folder_ingest_end_to_end(worker: object, corpus: Path, collection_name: str, wait_job: Callable) -> None:
+def test_folder_ingest_end_to_end(
+    worker: object, corpus: Path, collection_name: str, wait_job: Callable
+) -> None:
     job = ingest.submit(corpus, collection_name, create=True)
     done = wait_job(job.id)
     assert (done.state, done.error) == ("done", None)
@@ -67,15 +77,26 @@ def test_folder_ingest_end_to_end(worker: object, corpus: Path, collection_name:
     collection = get_collection(collection_name)
 
     with db.connect() as conn:
-        ids = {r[0] for r in conn.execute(
-            "SELECT external_id FROM pgrag.documents WHERE collection_id = %s AND status = 'embedded'",
-            (collection.id,))}
+        ids = {
+            r[0]
+            for r in conn.execute(
+                "SELECT external_id FROM pgrag.documents"
+                " WHERE collection_id = %s AND status = 'embedded'",
+                (collection.id,),
+            )
+        }
         assert ids == {*DOCS, "faq.jsonl#faq-1", "faq.jsonl#faq-2"}
-        vectors = [r[0] for r in conn.execute(
-            "SELECT embedding FROM pgrag.chunks WHERE collection_id = %s", (collection.id,))]
+        vectors = [
+            r[0]
+            for r in conn.execute(
+                "SELECT embedding FROM pgrag.chunks WHERE collection_id = %s", (collection.id,)
+            )
+        ]
         title = conn.execute(
             "SELECT title FROM pgrag.documents WHERE external_id = 'web/travel.html'"
-            " AND collection_id = %s", (collection.id,)).fetchone()
+            " AND collection_id = %s",
+            (collection.id,),
+        ).fetchone()
     assert len(vectors) == done.chunks_done >= 6
     assert {len(v.to_numpy()) for v in vectors} == {384}
     np.testing.assert_allclose([np.linalg.norm(v.to_numpy()) for v in vectors], 1.0, atol=1e-3)
@@ -84,13 +105,19 @@ def test_folder_ingest_end_to_end(worker: object, corpus: Path, collection_name:
     assert "var x" not in str(html_text)
 
     # The collection's own HNSW index exists and the search query uses it.
-    assert scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s", collection.index_name) == 1
+    assert (
+        scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s", collection.index_name) == 1
+    )
     from pgrag.retrieval import dense_sql, embed_query
 
     with db.connect() as conn:
         conn.execute("SET enable_seqscan = off")
-        plan = "\n".join(r[0] for r in conn.execute(
-            "EXPLAIN " + dense_sql(collection), {"q": embed_query(collection, "keys"), "k": 3}))
+        plan = "\n".join(
+            r[0]
+            for r in conn.execute(
+                "EXPLAIN " + dense_sql(collection), {"q": embed_query(collection, "keys"), "k": 3}
+            )
+        )
     assert collection.index_name in plan
 
     expected = {
@@ -113,10 +140,14 @@ def test_reingest_skips_unchanged_replaces_changed_deletes_missing(
 
     def chunk_ids(external_id: str) -> list[int]:
         with db.connect() as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT c.id FROM pgrag.chunks c JOIN pgrag.documents d ON d.id = c.document_id"
-                " WHERE d.collection_id = %s AND d.external_id = %s ORDER BY c.id",
-                (collection.id, external_id))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT c.id FROM pgrag.chunks c JOIN pgrag.documents d ON d.id = c.document_id"
+                    " WHERE d.collection_id = %s AND d.external_id = %s ORDER BY c.id",
+                    (collection.id, external_id),
+                )
+            ]
 
     kept_before = chunk_ids("security/keys.md")
     (corpus / "ops/backups.txt").write_text("Backups are now kept for 60 days.")
@@ -124,12 +155,20 @@ def test_reingest_skips_unchanged_replaces_changed_deletes_missing(
     (corpus / "new.md").write_text("# New\n\nA brand new page about the cafeteria menu.")
 
     second = wait_job(ingest.submit(corpus, collection_name, delete_missing=True).id)
-    assert (second.state, second.docs_done, second.docs_skipped, second.docs_deleted) == ("done", 2, 4, 1)
+    assert (second.state, second.docs_done, second.docs_skipped, second.docs_deleted) == (
+        "done",
+        2,
+        4,
+        1,
+    )
     assert chunk_ids("security/keys.md") == kept_before  # not re-embedded
     assert chunk_ids("people/leave.md") == []
     changed = scalar(
-        "SELECT string_agg(c.text, ' ') FROM pgrag.chunks c JOIN pgrag.documents d ON d.id = c.document_id"
-        " WHERE d.collection_id = %s AND d.external_id = 'ops/backups.txt'", collection.id)
+        "SELECT string_agg(c.text, ' ') FROM pgrag.chunks c"
+        " JOIN pgrag.documents d ON d.id = c.document_id"
+        " WHERE d.collection_id = %s AND d.external_id = 'ops/backups.txt'",
+        collection.id,
+    )
     assert changed == "Backups are now kept for 60 days."
     assert search("cafeteria menu", collection_name, k=1)[0].external_id == "new.md"
 
@@ -157,8 +196,14 @@ def test_bad_input_gets_error_rows_and_the_rest_goes_on(
     assert job.state == "done"
     errors = {e.ref: e.reason for e in jobs.job_errors(job.id)}
     assert set(errors) == {
-        "bad-utf8.txt", "binary.txt", "empty.md", "corrupt.pdf", "huge.txt",
-        "rows.jsonl:2", "rows.jsonl:3", "link.txt",
+        "bad-utf8.txt",
+        "binary.txt",
+        "empty.md",
+        "corrupt.pdf",
+        "huge.txt",
+        "rows.jsonl:2",
+        "rows.jsonl:3",
+        "link.txt",
     }
     assert "UTF-8" in errors["bad-utf8.txt"]
     assert "NUL" in errors["binary.txt"]
@@ -186,7 +231,8 @@ def test_bad_path_and_unknown_collection_fail_before_any_work(
 @pytest.fixture
 def own_broker(services: Path) -> Iterator[None]:
     """A Redis database of its own, so that only this test's workers see its tasks."""
-    from pgrag import queue, services as svc
+    from pgrag import queue
+    from pgrag import services as svc
     from pgrag.settings import get_settings
 
     os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + "/5"
@@ -204,7 +250,9 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     from tests.conftest import Worker
 
     docs = {
-        f"doc{i:02}.txt": " ".join(f"Sentence {j} of document {i} talks about topic {i * j}." for j in range(40))
+        f"doc{i:02}.txt": " ".join(
+            f"Sentence {j} of document {i} talks about topic {i * j}." for j in range(40)
+        )
         for i in range(40)
     }
     corpus = write_corpus(tmp_path / "many", docs)
@@ -232,15 +280,21 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
 
     tokenizer = load_embedder(collection.model).tokenizer
     expected = sum(
-        len(chunk_text(t, tokenizer, chunk_size=collection.chunk_size, overlap=collection.chunk_overlap))
+        len(
+            chunk_text(
+                t, tokenizer, chunk_size=collection.chunk_size, overlap=collection.chunk_overlap
+            )
+        )
         for t in [*docs.values(), *(r["text"] for r in ROWS)]
     )
     assert (done.state, done.docs_done, done.docs_failed) == ("done", 42, 0)
     assert done.chunks_done == expected
     with db.connect() as conn:
         total, distinct = conn.execute(
-            "SELECT count(*), count(DISTINCT (document_id, ord)) FROM pgrag.chunks WHERE collection_id = %s",
-            (collection.id,)).fetchone()
+            "SELECT count(*), count(DISTINCT (document_id, ord)) FROM pgrag.chunks"
+            " WHERE collection_id = %s",
+            (collection.id,),
+        ).fetchone()
     assert total == distinct == expected
 
 
@@ -252,7 +306,9 @@ def test_two_models_with_different_dimensions_coexist(
     from pgrag.models import resolve_model
 
     # A real second model: MiniLM with a 64-d projection, saved locally.
-    base = SentenceTransformer(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu")
+    base = SentenceTransformer(
+        resolve_model("sentence-transformers/all-MiniLM-L6-v2"), device="cpu"
+    )
     small = SentenceTransformer(modules=[*base, models.Dense(384, 64)], device="cpu")
     small_path = tmp_path / "minilm-64"
     small.save(str(small_path))
@@ -263,16 +319,25 @@ def test_two_models_with_different_dimensions_coexist(
     for c in (a, b):
         assert wait_job(ingest.submit(corpus, c.name).id).state == "done"
     with db.connect() as conn:
-        dims = dict(conn.execute(
-            "SELECT collection_id, vector_dims(embedding) FROM pgrag.chunks"
-            " WHERE collection_id IN (%s, %s) GROUP BY 1, 2", (a.id, b.id)).fetchall())
-        indexes = {r[0] for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'pgrag'")}
+        dims = dict(
+            conn.execute(
+                "SELECT collection_id, vector_dims(embedding) FROM pgrag.chunks"
+                " WHERE collection_id IN (%s, %s) GROUP BY 1, 2",
+                (a.id, b.id),
+            ).fetchall()
+        )
+        indexes = {
+            r[0]
+            for r in conn.execute("SELECT indexname FROM pg_indexes WHERE schemaname = 'pgrag'")
+        }
     assert dims == {a.id: 384, b.id: 64}
     assert {a.index_name, b.index_name} <= indexes
     assert search("encryption key rotation", b.name, k=3)
 
 
-def test_cli_ingest_shows_progress_and_jobs(worker: object, corpus: Path, collection_name: str) -> None:
+def test_cli_ingest_shows_progress_and_jobs(
+    worker: object, corpus: Path, collection_name: str
+) -> None:
     def pgrag(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "pgrag", *args], capture_output=True, text=True, timeout=300

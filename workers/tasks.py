@@ -24,7 +24,9 @@ class JobTask(Task):
     retry_backoff = True
     max_retries = 5
 
-    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+    def on_failure(
+        self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
+    ) -> None:
         jobs.fail_job(args[0], f"{self.name} failed: {type(exc).__name__}: {exc}")
 
 
