@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -251,26 +253,34 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
 
     docs = {
         f"doc{i:02}.txt": " ".join(
-            f"Sentence {j} of document {i} talks about topic {i * j}." for j in range(40)
+            f"Sentence {j} of document {i} talks about topic {i * j}." for j in range(80)
         )
         for i in range(40)
     }
     corpus = write_corpus(tmp_path / "many", docs)
     collection = create_collection(collection_name)
     home = Path(os.environ["PGRAG_HOME"])
-    env = {"PGRAG_INGEST_BATCH_DOCS": "2"}
+    env = {"PGRAG_INGEST_BATCH_DOCS": "8"}  # embed tasks of a second or more each
     first = Worker(home, "ingest,embed", "doomed", env)
     job = ingest.submit(corpus, collection_name)
-    import time
 
+    # Kill once one batch is loaded and the next embed task has just started.
+    received = re.compile(r"embed_documents\[([0-9a-f-]+)\] received")
     deadline = time.monotonic() + 120
-    while jobs.get_job(job.id).chunks_done == 0:
+    while jobs.get_job(job.id).chunks_done == 0 or len(received.findall(first.log.read_text())) < 2:
         assert time.monotonic() < deadline
-        time.sleep(0.05)
-    first.kill()  # mid-job: some batches loaded, one in flight, many queued
+        time.sleep(0.02)
+    in_flight = received.findall(first.log.read_text())[-1]
+    time.sleep(0.3)
+    first.kill()
     assert not jobs.get_job(job.id).finished
     second = Worker(home, "ingest,embed", "survivor", env)
     try:
+        # The killed task is delivered again once the visibility timeout (20 s here) expires.
+        deadline = time.monotonic() + 90
+        while in_flight not in second.log.read_text():
+            assert time.monotonic() < deadline, "the killed task was never redelivered"
+            time.sleep(0.2)
         done = wait_job(job.id, timeout=300)
     finally:
         second.stop()
