@@ -264,16 +264,30 @@ def jobs(args: tuple[str, ...]) -> None:
 @click.argument("query")
 @click.option("-c", "--collection", required=True)
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
+@click.option(
+    "--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default="hybrid", show_default=True,
+    help="dense: HNSW nearest neighbours; lexical: BM25; hybrid: reciprocal rank fusion of both.",
+)
+@click.option("--rerank", is_flag=True, help="Rescore the top PGRAG_RERANK_TOP_N with the cross-encoder.")
+@click.option(
+    "--filter", "filters", multiple=True, metavar="EXPR",
+    help="Metadata condition KEY OP VALUE, OP one of = != < <= > >= ~ (lang=en, year>=2020, "
+    "tags~security); repeat to AND several.",
+)
 @friendly_errors
-def search(query: str, collection: str, k: int) -> None:
-    """Dense ANN search: the k nearest chunks to QUERY."""
-    from pgrag.retrieval import search as run_search
+def search(query: str, collection: str, k: int, mode: str, rerank: bool, filters: tuple[str, ...]) -> None:
+    """Retrieve the k best chunks for QUERY, with the score of each stage."""
+    from pgrag.collections import get_collection
+    from pgrag.retrieval import retrieve
 
-    for rank, p in enumerate(run_search(query, collection, k), 1):
+    result = retrieve(get_collection(collection), query, k=k, mode=mode, filters=filters, rerank=rerank)
+    if not result.passages:
+        click.echo("no matching chunks")
+    for rank, p in enumerate(result.passages, 1):
         snippet = " ".join(p.text.split())[:160]
-        click.echo(
-            f"{rank:>2}. {p.scores['dense']:.3f}  {p.external_id}  (chunk {p.chunk_id})\n    {snippet}"
-        )
+        scores = "  ".join(f"{stage}={value:.4g}" for stage, value in p.scores.items())
+        click.echo(f"{rank:>2}. {p.external_id}  (chunk {p.chunk_id})  {scores}\n    {snippet}")
+    click.echo("timings: " + ", ".join(f"{s} {ms:.0f} ms" for s, ms in result.timings.items()))
 
 
 @main.command()
