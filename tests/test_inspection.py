@@ -87,6 +87,12 @@ def rows(conn: psycopg.Connection, query: str, *params: Any) -> list[dict[str, A
     return cur.execute(query, params).fetchall()
 
 
+def scalar(conn: psycopg.Connection, query: str, *params: Any) -> Any:
+    row = conn.execute(query, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def embeddings(conn: psycopg.Connection, collection: Collection) -> tuple[np.ndarray, np.ndarray]:
     """(chunk ids, unit embeddings) of a collection, from the table."""
     found = conn.execute(
@@ -163,12 +169,12 @@ def test_every_object_of_the_schema_has_a_comment(kb: Collection, conn: psycopg.
 
 def test_collection_stats(kb: Collection, conn: psycopg.Connection) -> None:
     (stats,) = rows(conn, "SELECT * FROM pgrag.collection_stats WHERE collection = %s", NAME)
-    chunks = conn.execute("SELECT count(*) FROM pgrag.chunks WHERE collection_id = %s", (kb.id,))
+    chunks = scalar(conn, "SELECT count(*) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
     documents = sum(1 for p in EXAMPLES.rglob("*") if p.is_file() and p.suffix != ".jsonl")
     documents += sum(1 for _ in (EXAMPLES / "faq.jsonl").open()) + len(PLANTED)
     assert stats["documents"] == stats["embedded"] == documents
     assert (stats["pending"], stats["failed"]) == (0, 0)
-    assert stats["chunks"] == chunks.fetchone()[0] > documents  # type: ignore[index]
+    assert stats["chunks"] == chunks > documents
     assert (stats["model"], stats["dim"]) == (kb.model, 384)
     assert (stats["index_name"], stats["index_valid"]) == (kb.index_name, True)
     assert stats["index_bytes"] > 0 and stats["index_size"].endswith("kB")
@@ -333,11 +339,12 @@ def test_neighbors_statement_plan_uses_the_hnsw_index(
     kb: Collection, conn: psycopg.Connection
 ) -> None:
     """EXPLAIN of the very statement nearest_chunks runs, under the function's own settings."""
-    statement = conn.execute("SELECT pgrag.knn_sql(%s)", (kb.id,)).fetchone()[0]  # type: ignore[index]
-    (config,) = conn.execute(
+    statement = scalar(conn, "SELECT pgrag.knn_sql(%s)", kb.id)
+    config = scalar(
+        conn,
         "SELECT proconfig FROM pg_proc"
-        " WHERE oid = 'pgrag.nearest_chunks(integer, vector, integer, bigint)'::regprocedure"
-    ).fetchone()  # type: ignore[misc]
+        " WHERE oid = 'pgrag.nearest_chunks(integer, vector, integer, bigint)'::regprocedure",
+    )
     assert config == ["enable_sort=off"]
     conn.execute("BEGIN")
     try:
@@ -347,9 +354,9 @@ def test_neighbors_statement_plan_uses_the_hnsw_index(
         conn.execute(
             sql.SQL("PREPARE knn(vector, integer, bigint) AS {}").format(sql.SQL(statement))
         )
-        vector = conn.execute(
-            "SELECT embedding::text FROM pgrag.chunks WHERE collection_id = %s LIMIT 1", (kb.id,)
-        ).fetchone()[0]  # type: ignore[index]
+        vector = scalar(
+            conn, "SELECT embedding::text FROM pgrag.chunks WHERE collection_id = %s LIMIT 1", kb.id
+        )
         explain = sql.SQL("EXPLAIN EXECUTE knn({}, 10, NULL)").format(sql.Literal(vector))
         plan = "\n".join(r[0] for r in conn.execute(explain))
     finally:
@@ -429,8 +436,7 @@ def test_duplicates_finds_the_planted_pairs_and_nothing_else(
 def test_recall_audit_exact_is_one_and_index_at_most_one(
     kb: Collection, conn: psycopg.Connection
 ) -> None:
-    chunks = conn.execute("SELECT count(*) FROM pgrag.chunks WHERE collection_id = %s", (kb.id,))
-    n = chunks.fetchone()[0]  # type: ignore[index]
+    n = scalar(conn, "SELECT count(*) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
     (audit,) = rows(
         conn, "SELECT * FROM pgrag.recall_audit(collection => %s, sample => 50, k => 10)", NAME
     )
@@ -467,9 +473,7 @@ def test_embedding_health_finds_a_planted_zero_vector(
     clean = health()
     assert all(r["ok"] for r in clean.values()), clean
     assert clean["chunks"]["value"] > 0 and abs(clean["norm_mean"]["value"] - 1) < 1e-3
-    victim = conn.execute(
-        "SELECT max(id) FROM pgrag.chunks WHERE collection_id = %s", (kb.id,)
-    ).fetchone()[0]  # type: ignore[index]
+    victim = scalar(conn, "SELECT max(id) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
     conn.execute("BEGIN")  # planted, checked and rolled back
     try:
         conn.execute(
@@ -492,9 +496,7 @@ def test_embedding_health_finds_a_planted_zero_vector(
 def test_embedding_health_finds_a_dimension_mismatch(
     kb: Collection, conn: psycopg.Connection
 ) -> None:
-    victim = conn.execute(
-        "SELECT min(id) FROM pgrag.chunks WHERE collection_id = %s", (kb.id,)
-    ).fetchone()[0]  # type: ignore[index]
+    victim = scalar(conn, "SELECT min(id) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
     conn.execute("BEGIN")
     try:
         # The index casts to vector(384), so a 3-d vector can only exist without it.
@@ -538,9 +540,7 @@ def test_reader_role_reads_everything_and_writes_nothing(
             " AND relkind IN ('r', 'v') ORDER BY relname",
         )
     ]
-    chunk_id = conn.execute(
-        "SELECT min(id) FROM pgrag.chunks WHERE collection_id = %s", (kb.id,)
-    ).fetchone()[0]  # type: ignore[index]
+    chunk_id = scalar(conn, "SELECT min(id) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
     asked = uuid.uuid4()
     conn.execute(
         "INSERT INTO pgrag.queries (id, collection, collection_id, question, question_embedding)"
@@ -611,12 +611,7 @@ def test_reader_role_reads_everything_and_writes_nothing(
                     reader.execute(statement)
     finally:
         conn.execute("DELETE FROM pgrag.queries WHERE id = %s", (asked,))
-    assert (
-        conn.execute(
-            "SELECT count(*) FROM pgrag.documents WHERE collection_id = %s", (kb.id,)
-        ).fetchone()[0]
-        > 0
-    )  # type: ignore[index]
+    assert scalar(conn, "SELECT count(*) FROM pgrag.documents WHERE collection_id = %s", kb.id)
 
 
 def test_reader_role_covers_tables_made_later(services: Path) -> None:
