@@ -1,11 +1,12 @@
-"""Bulk loading of chunks: binary COPY, then the lexical postings computed in SQL.
+"""Step 2 of an ingest job: chunk, embed and load one batch of documents.
 
-Everything here runs in the caller's transaction, so chunks, postings and the document
-status change commit together or not at all.
+Chunks go in by binary COPY and their BM25 postings are computed in SQL, in the same
+transaction as the documents' status change: they commit together or not at all.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +15,13 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgrag.chunking import Chunk
+from pgrag import db, jobs
+from pgrag.chunking import Chunk, chunk_text, embed_input
+from pgrag.collections import get_collection_by_id
+from pgrag.embedding import Embedder, load_embedder
+from pgrag.ingest import claim_finalize
+from pgrag.schema import Collection
+from pgrag.settings import get_settings
 
 COPY_CHUNKS = (
     "COPY pgrag.chunks (collection_id, document_id, ord, text, start_char, end_char,"
@@ -82,3 +89,110 @@ def replace_chunks(
         raise ValueError(f"{len(embeddings)} embeddings for {row} chunks")
     conn.execute(INSERT_POSTINGS, (ids,))
     return row
+
+
+@dataclass(frozen=True)
+class PendingDocument:
+    id: int
+    external_id: str
+    title: str | None
+    text: str
+    metadata: dict
+
+
+def _truncate_tokens(text: str, embedder: Embedder, max_tokens: int) -> str:
+    if max_tokens <= 0:
+        return ""
+    enc = embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    offsets = enc["offset_mapping"]
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
+
+
+def embed_inputs(
+    collection: Collection, embedder: Embedder, title: str | None, chunks: list[Chunk]
+) -> list[str]:
+    """The texts to embed: each chunk, after the title when the collection wants it."""
+    if not (collection.prepend_title and title):
+        return [c.text for c in chunks]
+    # The title gets what the chunk leaves of the model's sequence (2 special tokens).
+    room = embedder.max_seq_length - 2 - collection.chunk_size
+    short_title = _truncate_tokens(title, embedder, room) or None
+    return [embed_input(short_title, c.text) for c in chunks]
+
+
+def embed_documents(job_id: int, document_ids: list[int]) -> None:
+    """Step 2: chunk, embed and load one batch of documents, in one transaction."""
+    with db.connect() as conn:
+        if jobs.job_state(conn, job_id) != "running":
+            return
+        job = jobs.get_job(job_id)
+        collection = get_collection_by_id(job.collection_id)
+        docs = [
+            PendingDocument(*row)
+            for row in conn.execute(
+                "SELECT id, external_id, title, text, metadata FROM pgrag.documents"
+                " WHERE id = ANY(%s) AND job_id = %s AND status = 'pending' ORDER BY id",
+                (document_ids, job_id),
+            )
+        ]
+        conn.commit()
+        if not docs:
+            return
+        embedder = load_embedder(collection.model, get_settings().device)
+        loads, inputs, errors = [], [], []
+        for doc in docs:
+            try:
+                chunks = chunk_text(
+                    doc.text,
+                    embedder.tokenizer,
+                    chunk_size=collection.chunk_size,
+                    overlap=collection.chunk_overlap,
+                )
+            except Exception as e:  # one bad document must not sink the batch
+                errors.append((doc, f"chunking failed: {e}"))
+                continue
+            if not chunks:
+                errors.append((doc, "no text to embed"))
+                continue
+            loads.append(DocumentChunks(doc.id, doc.metadata, chunks))
+            inputs.extend(embed_inputs(collection, embedder, doc.title, chunks))
+        embeddings = embedder.encode(inputs)
+
+        # Only documents still pending for this job are written: a duplicate delivery of
+        # this task waits on the row locks here and then finds nothing left to do.
+        locked = {
+            row[0]
+            for row in conn.execute(
+                "SELECT id FROM pgrag.documents WHERE id = ANY(%s) AND job_id = %s"
+                " AND status = 'pending' ORDER BY id FOR UPDATE",
+                ([d.id for d in docs], job_id),
+            )
+        }
+        keep = [i for i, load in enumerate(loads) if load.document_id in locked]
+        if len(keep) < len(loads):
+            offsets = list(itertools.accumulate((len(d.chunks) for d in loads), initial=0))
+            rows = [r for i in keep for r in range(offsets[i], offsets[i + 1])]
+            loads, embeddings = [loads[i] for i in keep], embeddings[rows]
+        errors = [(doc, reason) for doc, reason in errors if doc.id in locked]
+        chunk_count = replace_chunks(conn, collection.id, loads, embeddings)
+        conn.cursor().executemany(
+            "UPDATE pgrag.documents SET status = 'embedded', chunk_count = %s, updated_at = now()"
+            " WHERE id = %s",
+            [(len(load.chunks), load.document_id) for load in loads],
+        )
+        if errors:
+            conn.execute(
+                "UPDATE pgrag.documents SET status = 'failed', chunk_count = 0, updated_at = now()"
+                " WHERE id = ANY(%s)",
+                ([doc.id for doc, _ in errors],),
+            )
+            conn.execute(
+                "DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)",
+                ([doc.id for doc, _ in errors],),
+            )
+        failed = jobs.record_errors(
+            conn, job_id, [(doc.external_id, reason) for doc, reason in errors]
+        )
+        jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
+        conn.commit()
+    claim_finalize(job_id)

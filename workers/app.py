@@ -1,6 +1,33 @@
 """The Celery application the workers run; its configuration lives in `pgrag.queue`."""
 
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery.signals import celeryd_after_setup, worker_process_init
+
 from pgrag.queue import make_celery
 
 app = make_celery()
 app.conf.include = ["workers.tasks"]
+
+# Queues whose tasks embed text: their pool processes load the default model up front.
+MODEL_QUEUES = {"embed", "query"}
+
+
+@celeryd_after_setup.connect
+def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
+    # Runs in the main process before the pool forks: the children inherit the variable.
+    os.environ["PGRAG_WORKER_QUEUES"] = ",".join(instance.app.amqp.queues.consume_from)
+
+
+@worker_process_init.connect
+def _warm_up(**_: Any) -> None:
+    """Load the default embedder once per pool process, after the fork, before any task."""
+    if MODEL_QUEUES & set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(",")):
+        from pgrag.embedding import load_embedder
+        from pgrag.settings import get_settings
+
+        settings = get_settings()
+        load_embedder(settings.embed_model, settings.device)

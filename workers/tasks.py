@@ -12,7 +12,7 @@ import psycopg
 import redis
 from celery import Task
 
-from pgrag import ingest, jobs, queue
+from pgrag import ingest, jobs, loading, queue
 from workers.app import app
 
 # Lost connections are retried; anything else is a real failure and ends the job.
@@ -37,7 +37,7 @@ def ingest_source(job_id: int) -> None:
 
 @app.task(name=queue.EMBED_DOCUMENTS, base=JobTask)
 def embed_documents(job_id: int, document_ids: list[int]) -> None:
-    ingest.embed_documents(job_id, document_ids)
+    loading.embed_documents(job_id, document_ids)
 
 
 @app.task(name=queue.FINALIZE_JOB, base=JobTask)
