@@ -9,6 +9,7 @@ numpy, never from the functions under test.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -645,3 +646,16 @@ def test_cli_sql_runs_psql_on_the_configured_database(kb: Collection) -> None:
     assert csv.stdout.splitlines()[1].startswith(f"{NAME},")
     failed = pgrag("sql", "-v", "ON_ERROR_STOP=1", "-c", "select * from pgrag.nope")
     assert failed.returncode != 0 and "pgrag.nope" in failed.stderr
+
+
+def test_cli_sql_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
+    env = {**os.environ, "PGRAG_HOME": str(tmp_path)}
+    env.pop("PGRAG_DATABASE_URL", None)
+    run = subprocess.run(
+        [sys.executable, "-m", "pgrag", "sql", "-c", "select 1"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert run.returncode == 1 and "pgrag up" in run.stderr
