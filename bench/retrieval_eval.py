@@ -1,0 +1,174 @@
+"""Retrieval quality: nDCG@10 and recall@100 of dense, lexical, fused and fused + rerank.
+
+    python bench/retrieval_eval.py --beir PATH [--split test]       # any BEIR-format folder
+    python bench/retrieval_eval.py --synthetic [--docs 2000 --queries 300 --seed 0]
+
+By default everything runs in a fresh temporary PGRAG_HOME: embedded PostgreSQL + Redis and
+real ingest and embed workers, the corpus ingested through the pipeline into a new
+collection. With `--collection NAME` the configured services are used instead (`pgrag up`
+first) and the collection is reused when it already holds documents.
+
+fused+rerank needs a cross-encoder (PGRAG_RERANK_MODEL or --rerank-model); when none can be
+loaded the row says why. Metrics are those of `pgrag.evaluation` (pytrec_eval's ndcg_cut.10
+and recall.100 at the document level, a document ranked by its best chunk).
+
+Prints a table and writes JSON (default bench/results/retrieval-eval-<time>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import Worker, default_out, pgrag_home, print_table, write_json
+
+# nDCG@10 of sentence-transformers/all-MiniLM-L6-v2 (dense) on BEIR, as published.
+PUBLISHED_DENSE = {
+    "scifact": 0.645,
+    "nfcorpus": 0.316,
+    "fiqa": 0.369,
+    "arguana": 0.502,
+    "scidocs": 0.216,
+}
+
+
+@contextlib.contextmanager
+def services(args: argparse.Namespace) -> Iterator[None]:
+    """The configured services (--collection), or fresh embedded ones with two workers."""
+    if args.collection:
+        yield
+        return
+    with pgrag_home() as home:
+        workers = [Worker(home, "ingest"), Worker(home, "embed")]
+        try:
+            for w in workers:
+                w.wait_ready()
+            yield
+        finally:
+            for w in workers:
+                w.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument(
+        "--beir", type=Path, help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/"
+    )
+    source.add_argument("--synthetic", action="store_true", help="generate a BEIR folder")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--docs", type=int, default=2000, help="synthetic: documents")
+    parser.add_argument("--queries", type=int, default=300, help="synthetic: queries")
+    parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
+    parser.add_argument("--collection", help="use this collection of the configured services")
+    parser.add_argument("--modes", default="dense,lexical,fused,fused+rerank")
+    parser.add_argument("--chunks", type=int, default=200, help="chunks retrieved per query")
+    parser.add_argument("--rerank-model", help="cross-encoder (sets PGRAG_RERANK_MODEL)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    if args.rerank_model:
+        os.environ["PGRAG_RERANK_MODEL"] = args.rerank_model
+
+    from pgrag import evaluation
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.synthetic:
+            folder = evaluation.write_synthetic_beir(
+                Path(tmp) / "synthetic", docs=args.docs, queries=args.queries, seed=args.seed
+            )
+            name = f"synthetic-{args.docs}-{args.queries}-{args.seed}"
+        else:
+            folder = args.beir
+            name = f"beir-{Path(args.beir).resolve().name}"
+        data = evaluation.load_beir(folder, args.split)
+        with services(args):
+            results = run(args, data, args.collection or name)
+    dataset = name.removeprefix("beir-").lower()
+    report(args, name, dataset, data, results)
+
+
+def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, Any]:
+    from pgrag import evaluation
+
+    started = time.perf_counter()
+    collection = evaluation.ingest_beir(data, collection_name)
+    ingest_s = time.perf_counter() - started
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    skipped: dict[str, str] = {}
+    if "fused+rerank" in modes:
+        from pgrag.rerank import RerankerUnavailable, load_reranker
+
+        try:
+            load_reranker()
+        except RerankerUnavailable as e:
+            skipped["fused+rerank"] = str(e)
+            modes.remove("fused+rerank")
+
+    def progress(mode: str, done: int) -> None:
+        if done % 100 == 0 or done == len(data.queries):
+            print(f"  {mode}: {done}/{len(data.queries)} queries", file=sys.stderr)
+
+    scored = evaluation.evaluate(collection, data, modes, chunks=args.chunks, progress=progress)
+    return {
+        "collection": collection_name,
+        "ingest_s": ingest_s,
+        "skipped": skipped,
+        "modes": {m: {**r.metrics, "ms_per_query": r.ms_per_query} for m, r in scored.items()},
+    }
+
+
+def report(
+    args: argparse.Namespace, name: str, dataset: str, data: Any, results: dict[str, Any]
+) -> None:
+    from pgrag.settings import get_settings
+
+    published = PUBLISHED_DENSE.get(dataset)
+    rows: list[list[Any]] = []
+    for mode, m in results["modes"].items():
+        anchor = f"{published:.3f}" if (published and mode == "dense") else ""
+        rows.append(
+            [
+                mode,
+                round(m["ndcg@10"], 4),
+                round(m["recall@100"], 4),
+                round(m["ms_per_query"], 1),
+                anchor,
+            ]
+        )
+    for mode, reason in results["skipped"].items():
+        rows.append([mode, "-", "-", "-", f"skipped: {reason[:90]}"])
+    print_table(
+        f"{name}: {len(data.queries)} queries, collection {results['collection']}"
+        f" (ingested in {results['ingest_s']:.0f} s)",
+        rows,
+        ["mode", "nDCG@10", "recall@100", "ms/query", "published nDCG@10"],
+    )
+    settings = get_settings()
+    out = write_json(
+        args.out or default_out("retrieval-eval"),
+        "retrieval_eval",
+        {
+            "dataset": name,
+            "queries": len(data.queries),
+            "chunks_per_query": args.chunks,
+            "embed_model": settings.embed_model,
+            "rerank_model": settings.rerank_model,
+            "rerank_top_n": settings.rerank_top_n,
+            "published_dense_ndcg@10": published,
+            **results,
+        },
+    )
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
