@@ -179,8 +179,8 @@ BEGIN
     IF q.question_embedding IS NULL THEN
         RAISE EXCEPTION 'question % has no stored embedding (state %)', query_id, q.state
             USING ERRCODE = 'no_data_found',
-                  HINT = 'A query worker stores it when it embeds the question: a question '
-                         'still queued, or failed before that, has none.';
+                  HINT = 'The query worker that answers a question stores its embedding: '
+                         'a queued, running or failed question may have none.';
     END IF;
     IF q.collection_id IS NULL THEN
         RAISE EXCEPTION 'the collection "%" of question % no longer exists', q.collection, query_id
