@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
-from sqlalchemy import BigInteger, ForeignKey, LargeBinary, MetaData, Text
+from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, MetaData, Text
 from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -21,6 +21,7 @@ TERMINAL_JOB_STATES = ("done", "failed", "cancelled")
 
 class Base(DeclarativeBase):
     metadata = MetaData(schema="pgrag")
+    type_annotation_map = {datetime: DateTime(timezone=True)}  # noqa: RUF012 (SQLAlchemy API)
 
 
 class Collection(Base):

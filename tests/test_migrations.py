@@ -213,11 +213,6 @@ def test_models_agree_with_the_migrated_tables(fresh_database: str) -> None:
     assert unexplained == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pgrag/schema.py maps the timestamptz columns (created_at, updated_at, started_at, "
-    "finished_at) as naive DateTime; DateTime(timezone=True) would match the migrations",
-)
 def test_model_timestamps_are_timezone_aware(fresh_database: str) -> None:
     db.migrate(fresh_database)
     naive = [f"{d[2]}.{d[3]}" for d in schema_differences(fresh_database) if is_naive_timestamp(d)]
