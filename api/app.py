@@ -1,0 +1,33 @@
+"""The HTTP API: `uvicorn api.app:app` (or `pgrag up --api-port 8080`).
+
+Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
+a `pgrag` function and shape its result. OpenAPI docs are served at /docs.
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from api.routes import answers, health, ingest, search
+from pgrag.services import ServiceError
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(
+        title="pgrag",
+        version="0.1.0",
+        description="Ingest documents into PostgreSQL + pgvector and answer questions over "
+        "them: queued questions whose answers stream back as server-sent events.",
+    )
+    for module in (answers, search, ingest, health):
+        app.include_router(module.router)
+
+    @app.exception_handler(ServiceError)
+    async def service_unavailable(request: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=503)
+
+    return app
+
+
+app = create_app()

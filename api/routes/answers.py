@@ -1,0 +1,149 @@
+"""Questions and their answers.
+
+`POST /v1/ask` queues a question and returns its id (202). `GET /v1/answers/{id}` streams
+its events as server-sent events from the first one (a late reader misses nothing; a client
+that reconnects with `Last-Event-ID` resumes after that event); with `?wait=false` it
+returns the stored row as JSON instead.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any, Literal
+
+from fastapi import APIRouter, Header, HTTPException
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from pgrag import answering, streaming
+from pgrag.client import final_event
+from pgrag.schema import Query
+
+router = APIRouter(tags=["answers"])
+
+# Far above PGRAG_MAX_QUESTION_CHARS: longer questions are refused by the worker with an
+# `error` event that says so; this only keeps absurd bodies out of the database.
+HARD_MAX_QUESTION_CHARS = 1_000_000
+
+
+class AskRequest(BaseModel):
+    question: str = Field(max_length=HARD_MAX_QUESTION_CHARS)
+    collection: str
+    k: int = Field(answering.DEFAULT_K, ge=1, le=answering.MAX_K, description="Passages used")
+    rerank: bool | None = Field(
+        None, description="Rerank with the cross-encoder; null: when its model can be loaded"
+    )
+    filters: list[str] = Field(
+        default_factory=list, description="Metadata conditions KEY OP VALUE, ANDed: lang=en"
+    )
+    generator: Literal["extractive", "local", "openai"] | None = Field(
+        None, description="Generation backend; null: the server's PGRAG_GENERATOR"
+    )
+
+
+class AskResponse(BaseModel):
+    id: uuid.UUID
+    answer_url: str = Field(description="GET it for the answer's server-sent events")
+
+
+class Citation(BaseModel):
+    n: int
+    chunk_id: int
+    document_id: int
+    external_id: str
+    title: str | None
+    inferred: bool = Field(False, description="Traced from the answer's words, not cited by [n]")
+
+
+class Answer(BaseModel):
+    id: uuid.UUID
+    collection: str
+    question: str
+    options: dict[str, Any]
+    state: Literal["queued", "running", "done", "failed"]
+    answer: str | None
+    citations: list[Citation] | None
+    passages: list[dict[str, Any]] | None = Field(
+        description="Passages given to the generator, with the score and rank of each stage"
+    )
+    timings: dict[str, float] | None = Field(
+        description="Milliseconds: queue, embed, recall, rerank, generate, first_token, total"
+    )
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+@router.post("/v1/ask", status_code=202)
+def ask(body: AskRequest) -> AskResponse:
+    """Queue a question for the query workers. Problems with it (an empty or too long
+    question, an unknown collection, ...) arrive as the stream's `error` event."""
+    query_id = answering.submit(
+        body.question,
+        body.collection,
+        k=body.k,
+        rerank=body.rerank,
+        filters=body.filters,
+        generator=body.generator,
+    )
+    return AskResponse(id=query_id, answer_url=f"/v1/answers/{query_id}")
+
+
+SSE_DOC = (
+    "Server-sent events, one per stream event: `id` (the Redis entry id), `event` (status, "
+    "passages, token, done or error) and `data` (a JSON object). The last one is `done` "
+    "(answer, citations, timings) or `error` (reason)."
+)
+
+
+@router.get(
+    "/v1/answers/{query_id}",
+    response_model=None,
+    responses={
+        200: {
+            "model": Answer,
+            "description": f"{SSE_DOC} With wait=false: the stored question and answer (JSON).",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        404: {"description": "Unknown question id"},
+    },
+)
+async def get_answer(
+    query_id: uuid.UUID,
+    wait: bool = True,
+    last_event_id: str | None = Header(None, description="Resume after this event id"),
+) -> StreamingResponse | Answer:
+    """The question's events as they come (wait=true), or its stored row (wait=false)."""
+    try:
+        row = await run_in_threadpool(answering.get_query, query_id)
+    except LookupError as e:
+        raise HTTPException(404, str(e)) from None
+    if not wait:
+        return Answer.model_validate(row, from_attributes=True)
+    return StreamingResponse(
+        _events(row, last_event_id or "0"),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _sse(event: streaming.Event) -> str:
+    head = f"id: {event.id}\n" if event.id else ""
+    return f"{head}event: {event.type}\ndata: {json.dumps(event.data, default=str)}\n\n"
+
+
+async def _events(row: Query, after: str) -> AsyncIterator[str]:
+    finished = row.state in ("done", "failed")
+    if finished and not await run_in_threadpool(streaming.exists, row.id):
+        yield _sse(final_event(row))  # the stream has expired: the row has the answer
+        return
+    try:
+        async for event in streaming.aread(row.id, after=after):
+            yield _sse(event)
+    except streaming.StreamTimeout as e:
+        yield f": {e}\n\n"

@@ -1,0 +1,64 @@
+"""Ask questions from Python and read their answers as they stream.
+
+    from pgrag.client import ask
+
+    for event in ask("How long are backups kept?", "kb"):
+        if event.type == "token":
+            print(event.data["text"], end="", flush=True)
+        elif event.type == "done":
+            print(event.data["citations"], event.data["timings"])
+        elif event.type == "error":
+            raise SystemExit(event.data["reason"])
+
+Events are those of `pgrag.streaming` (status, passages, token, done, error), in order, from
+the first; the last is always `done` or `error`. `follow(id)` reads a question asked earlier
+(or elsewhere): while its stream lasts (PGRAG_ANSWER_TTL_S) from the stream, afterwards the
+final event is rebuilt from the stored row.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator, Sequence
+
+from pgrag import answering, streaming
+from pgrag.schema import Query
+from pgrag.streaming import Event, StreamTimeout
+
+__all__ = ["Event", "StreamTimeout", "ask", "final_event", "follow"]
+
+
+def ask(
+    question: str,
+    collection: str,
+    *,
+    k: int = answering.DEFAULT_K,
+    rerank: bool | None = None,
+    filters: Sequence[str] = (),
+    generator: str | None = None,
+    timeout_s: float = streaming.READ_TIMEOUT_S,
+) -> Iterator[Event]:
+    """Queue a question and yield its events; the first (status "queued") carries its id."""
+    query_id = answering.submit(
+        question, collection, k=k, rerank=rerank, filters=filters, generator=generator
+    )
+    return follow(query_id, timeout_s=timeout_s)
+
+
+def follow(
+    query_id: uuid.UUID | str, *, timeout_s: float = streaming.READ_TIMEOUT_S
+) -> Iterator[Event]:
+    """The events of a question asked earlier. UnknownQuestion (a LookupError) when there is
+    no such question; StreamTimeout when no final event comes within `timeout_s`."""
+    row = answering.get_query(query_id)  # fails at once for an unknown id
+    if row.state in ("done", "failed") and not streaming.exists(row.id):
+        return iter([final_event(row)])
+    return streaming.read(row.id, timeout_s=timeout_s)
+
+
+def final_event(row: Query) -> Event:
+    """The `done` or `error` event of a finished question, from its stored row."""
+    if row.state == "done":
+        data = {"answer": row.answer, "citations": row.citations, "timings": row.timings}
+        return Event("done", data)
+    return Event("error", {"reason": row.error or "failed"})
