@@ -27,18 +27,20 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from pgrag import db, indexing, queue, retrieval, streaming
+from pgrag import db, indexing, queue, streaming
 from pgrag.collections import get_collection
-from pgrag.embedding import load_embedder
 from pgrag.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.generation.extractive import content_words
 from pgrag.schema import TERMINAL_JOB_STATES, Collection, Query
 from pgrag.settings import get_settings
+
+if TYPE_CHECKING:
+    from pgrag.retrieval import Passage
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +178,10 @@ def _ms(since: float) -> float:
 
 
 def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started: float) -> None:
+    # Imported here: submitting (the CLI, the API) needs none of the models.
+    from pgrag import retrieval
+    from pgrag.embedding import load_embedder
+
     settings = get_settings()
     question, options = claimed.question.strip(), claimed.options
     _check(question, options)
@@ -309,7 +315,7 @@ def _reranker_ready() -> bool:
     return True
 
 
-def _passage_json(n: int, p: retrieval.Passage) -> dict[str, Any]:
+def _passage_json(n: int, p: Passage) -> dict[str, Any]:
     return {
         "n": n,
         "chunk_id": p.chunk_id,
