@@ -138,14 +138,14 @@ def report(
         rows.append(
             [
                 mode,
-                round(m["ndcg@10"], 4),
-                round(m["recall@100"], 4),
+                f"{m['ndcg@10']:.3f}",
+                f"{m['recall@100']:.3f}",
                 round(m["ms_per_query"], 1),
                 anchor,
             ]
         )
     for mode, reason in results["skipped"].items():
-        rows.append([mode, "-", "-", "-", f"skipped: {reason[:90]}"])
+        rows.append([mode, "-", "-", "-", f"skipped: {reason[:60]}..."])
     print_table(
         f"{name}: {len(data.queries)} queries, collection {results['collection']}"
         f" (ingested in {results['ingest_s']:.0f} s)",
