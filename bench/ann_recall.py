@@ -1,13 +1,18 @@
 """ANN quality: recall@10 of the HNSW index against exact search, at the default ef_search.
 
-    python bench/ann_recall.py [--n 1000000] [--queries 100] [--clusters 1000]
+    python bench/ann_recall.py [--n 1000000] [--queries 100] [--per-cluster 1000]
+                               [--intrinsic-dim 0] [--ef-sweep 100,200]
     python bench/ann_recall.py --collection NAME [--query-texts queries.jsonl] --n 0
 
 Two corpora:
 
 - synthetic (unless --n 0): N clustered unit vectors of 384 dimensions (N/--per-cluster
   random unit centres, each point = centre + a random direction of the same length,
-  normalised: cosine ~0.7 to its centre, ~0.5 to its cluster mates), loaded with binary COPY
+  normalised: cosine ~0.7 to its centre, ~0.5 to its cluster mates). With the directions
+  drawn from all 384 dimensions the points of a cluster are all about equally far apart, a
+  worst case for any ANN index; --intrinsic-dim D draws them from one random D-dimensional
+  subspace instead, closer to real embeddings, whose variance sits in far fewer dimensions
+  than they have. The vectors are loaded with binary COPY
   into a scratch table `pgrag_bench.ann_vectors`, indexed with pgrag's HNSW settings
   (m 16, ef_construction 64, cosine) and queried with fresh points of the same distribution;
 - a collection (--collection, with the configured services: `pgrag up` first): its chunks,
@@ -47,9 +52,16 @@ K = 10
 PGVECTOR_DEFAULT_EF = 40
 
 
-def clustered(rng: np.random.Generator, centres: np.ndarray, n: int) -> np.ndarray:
-    """n unit vectors around random centres: centre + a random unit direction, normalised."""
-    noise = rng.standard_normal((n, centres.shape[1]), dtype=np.float32)
+def clustered(
+    rng: np.random.Generator, centres: np.ndarray, n: int, basis: np.ndarray | None = None
+) -> np.ndarray:
+    """n unit vectors around random centres: centre + a random unit direction, normalised.
+    With `basis` (rows: an orthonormal basis of a subspace) the directions lie in that
+    subspace, so the points have fewer intrinsic dimensions than the space."""
+    dims = centres.shape[1] if basis is None else basis.shape[0]
+    noise = rng.standard_normal((n, dims), dtype=np.float32)
+    if basis is not None:
+        noise = noise @ basis
     noise /= np.linalg.norm(noise, axis=1, keepdims=True)
     points = centres[rng.integers(0, len(centres), n)] + noise
     return points / np.linalg.norm(points, axis=1, keepdims=True)
@@ -119,7 +131,16 @@ def synthetic(args: argparse.Namespace) -> dict[str, Any]:
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((max(1, args.n // args.per_cluster), DIM), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    result: dict[str, Any] = {"n": args.n, "clusters": len(centres), "dim": DIM}
+    basis = None
+    if args.intrinsic_dim:
+        q, _ = np.linalg.qr(rng.standard_normal((DIM, args.intrinsic_dim)))
+        basis = q.T.astype(np.float32)
+    result: dict[str, Any] = {
+        "n": args.n,
+        "clusters": len(centres),
+        "dim": DIM,
+        "noise_dims": args.intrinsic_dim or DIM,
+    }
     with db.connect(autocommit=True) as conn:
         conn.execute("DROP SCHEMA IF EXISTS pgrag_bench CASCADE")
         conn.execute("CREATE SCHEMA pgrag_bench")
@@ -130,7 +151,8 @@ def synthetic(args: argparse.Namespace) -> dict[str, Any]:
         ) as copy:
             copy.set_types(["int4", "vector"])
             for lo in range(0, args.n, 50_000):
-                for i, v in enumerate(clustered(rng, centres, min(50_000, args.n - lo)), lo):
+                batch = clustered(rng, centres, min(50_000, args.n - lo), basis)
+                for i, v in enumerate(batch, lo):
                     copy.write_row((i, v))
         result["copy_s"] = time.perf_counter() - start
         workers = max(1, min(8, (os.cpu_count() or 2) - 1))
@@ -146,7 +168,7 @@ def synthetic(args: argparse.Namespace) -> dict[str, Any]:
         conn.execute("ANALYZE pgrag_bench.ann_vectors")
         size = conn.execute("SELECT pg_relation_size('pgrag_bench.ann_vectors_hnsw')").fetchone()
         result["index_mb"] = round(size[0] / 2**20, 1) if size else None
-        queries = clustered(rng, centres, args.queries)
+        queries = clustered(rng, centres, args.queries, basis)
         result |= recall(conn, SYNTHETIC_SQL, queries, args.ef_sweep)
         if not args.keep:
             conn.execute("DROP SCHEMA pgrag_bench CASCADE")
@@ -201,6 +223,12 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=1_000_000, help="synthetic vectors (0: none)")
     parser.add_argument("--per-cluster", type=int, default=1000, help="vectors per cluster")
     parser.add_argument("--queries", type=int, default=100)
+    parser.add_argument(
+        "--intrinsic-dim",
+        type=int,
+        default=0,
+        help="synthetic: spread points along this many dimensions (0: all 384)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--maintenance-work-mem", default="4GB")
     parser.add_argument("--collection", help="also measure this collection (configured services)")
@@ -233,7 +261,8 @@ def main() -> None:
         size = r.get("n") or r.get("chunks")
         rows.append(
             [
-                f"{name} ({size:,} vectors)",
+                f"{name} ({size:,} vectors"
+                + (f", noise in {r['noise_dims']} dims)" if "noise_dims" in r else ")"),
                 r["queries"],
                 f"{r['recall@10_pgvector']:.3f}",
                 f"{r['recall@10_pgrag']:.3f}",
