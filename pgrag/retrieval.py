@@ -94,8 +94,15 @@ def _passage(row: Sequence[Any], stage: str, score: float, rank: int) -> Passage
     """A passage from a row: chunk id, document id, external id, title, text, ord, metadata."""
     chunk_id, document_id, external_id, title, text, ord_, metadata = row[:7]
     return Passage(
-        chunk_id, document_id, external_id, title, text, ord_, metadata,
-        scores={stage: score}, ranks={stage: rank},
+        chunk_id,
+        document_id,
+        external_id,
+        title,
+        text,
+        ord_,
+        metadata,
+        scores={stage: score},
+        ranks={stage: rank},
     )
 
 
