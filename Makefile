@@ -26,6 +26,10 @@ demo: install
 	$(BIN)/pgrag up
 	$(BIN)/pgrag ingest examples/corpus --collection demo --create
 	$(BIN)/pgrag search "How often are encryption keys rotated?" --collection demo -k 3
+	$(BIN)/pgrag ask "How long are daily backup snapshots kept?" --collection demo
+	@echo
+	@echo "The services keep running: try .venv/bin/pgrag ask ... --generator local, or .venv/bin/pgrag sql."
+	@echo "Stop them with: make down"
 
 test: install
 	$(BIN)/python -m pytest -q
