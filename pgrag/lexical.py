@@ -45,7 +45,7 @@ WITH col AS (
 ), terms AS (
     SELECT t.lexeme, coalesce(array_length(t.positions, 1), 1) AS qtf
     FROM col, unnest(to_tsvector(col.text_config, %(query)s)) AS t
-), stats AS (
+), stats AS MATERIALIZED (  -- once: the df fallback must not run per reference
     SELECT t.lexeme, t.qtf,
            coalesce(l.df, (SELECT count(*) FROM pgrag.postings p
                            WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme)) AS df
