@@ -63,7 +63,7 @@ class Options:
     k: int = DEFAULT_K
     rerank: bool | None = None  # None: rerank when a reranker model can be loaded
     filters: list[str] = field(default_factory=list)
-    generator: str = ""  # "": the PGRAG_GENERATOR setting
+    generator: str = ""  # "": the query worker's PGRAG_GENERATOR
 
 
 # ---------------------------------------------------------------------------- submit
@@ -83,8 +83,9 @@ def submit(
     Nothing is checked here beyond types: every problem with the question reaches its
     reader as an `error` event, the same way whether it is found now or by the worker.
     """
+    # An empty generator means the query workers' PGRAG_GENERATOR: they know which backends
+    # they are set up for. The worker records the one it used.
     options = Options(int(k), rerank, [str(f) for f in filters], generator or "")
-    options.generator = options.generator or get_settings().generator
     with db.connect() as conn:
         row = conn.execute(
             "INSERT INTO pgrag.queries (collection, question, options)"
@@ -178,16 +179,56 @@ def _ms(since: float) -> float:
 
 
 def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started: float) -> None:
-    # Imported here: submitting (the CLI, the API) needs none of the models.
-    from pgrag import retrieval
-    from pgrag.embedding import load_embedder
-
-    settings = get_settings()
     question, options = claimed.question.strip(), claimed.options
+    options.generator = options.generator or get_settings().generator
     _check(question, options)
     collection = _searchable_collection(key, claimed.collection)
 
     streaming.publish(key, "status", {"state": "retrieving"})
+    vector, found, reranked = _retrieve(collection, question, options, timings)
+    passages = [_passage_json(n, p) for n, p in enumerate(found, 1)]
+    streaming.publish(key, "passages", {"passages": passages})
+
+    t = time.perf_counter()
+    if found:
+        streaming.publish(key, "status", {"state": "generating", "generator": options.generator})
+        text = _generate(key, collection, question, vector, found, options, timings, started)
+    else:
+        where = " with these filters" if options.filters else ""
+        text = f"No passage of collection {collection.name!r} matches the question{where}."
+        timings["first_token"] = _ms(started)
+        streaming.publish(key, "token", {"text": text})
+    timings["generate"] = _ms(t)
+
+    citations = cite(text, passages)
+    timings["total"] = _ms(started)
+    timings = {s: timings[s] for s in TIMINGS if s in timings}
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE pgrag.queries SET state = 'done', collection_id = %s, answer = %s,"
+            " citations = %s, passages = %s, timings = %s, question_embedding = %s,"
+            " options = options || %s, error = NULL, finished_at = now() WHERE id = %s",
+            (
+                collection.id,
+                text,
+                Jsonb(citations),
+                Jsonb(passages),
+                Jsonb(timings),
+                np.asarray(vector, dtype=np.float32),
+                Jsonb({"generator": options.generator, "rerank": reranked}),
+                key,
+            ),
+        )
+    streaming.publish(key, "done", {"answer": text, "citations": citations, "timings": timings})
+
+
+def _retrieve(
+    collection: Collection, question: str, options: Options, timings: dict[str, float]
+) -> tuple[np.ndarray, list[Passage], bool]:
+    """The question's embedding, its k passages, and whether they were reranked."""
+    # Imported here: submitting (the CLI, the API) needs none of the models.
+    from pgrag import retrieval
+
     t = time.perf_counter()
     vector = retrieval.embed_query(collection, question)
     timings["embed"] = _ms(t)
@@ -203,55 +244,41 @@ def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started
     timings.update(
         {s: round(found.timings[s], 1) for s in ("recall", "rerank") if s in found.timings}
     )
-    passages = [_passage_json(n, p) for n, p in enumerate(found.passages, 1)]
-    streaming.publish(key, "passages", {"passages": passages})
+    return vector, found.passages, rerank
 
+
+def _generate(
+    key: uuid.UUID,
+    collection: Collection,
+    question: str,
+    vector: np.ndarray,
+    passages: list[Passage],
+    options: Options,
+    timings: dict[str, float],
+    started: float,
+) -> str:
+    """The answer, streamed as grouped `token` events while it is generated."""
+    from pgrag.embedding import load_embedder
+
+    settings = get_settings()
+    request = Request(
+        question,
+        passages,
+        deadline=time.monotonic() + settings.generate_timeout_s,
+        embed=load_embedder(collection.model, settings.device).encode,  # for extractive
+        question_vector=vector,
+    )
     tokens = streaming.TokenBuffer(lambda text: streaming.publish(key, "token", {"text": text}))
     pieces: list[str] = []
-    t = time.perf_counter()
-    if found.passages:
-        streaming.publish(key, "status", {"state": "generating", "generator": options.generator})
-        embedder = load_embedder(collection.model, settings.device)
-        request = Request(
-            question,
-            found.passages,
-            deadline=time.monotonic() + settings.generate_timeout_s,
-            embed=embedder.encode,
-            question_vector=vector,
-        )
+    try:
         for piece in get_generator(options.generator).stream(request):
             if not pieces:
                 timings["first_token"] = _ms(started)
             pieces.append(piece)
             tokens.add(piece)
-    else:
-        where = " with these filters" if options.filters else ""
-        pieces.append(f"No passage of collection {collection.name!r} matches the question{where}.")
-        timings["first_token"] = _ms(started)
-        tokens.add(pieces[0])
-    tokens.flush()
-    timings["generate"] = _ms(t)
-
-    text = "".join(pieces).strip()
-    citations = cite(text, passages)
-    timings["total"] = _ms(started)
-    timings = {s: timings[s] for s in TIMINGS if s in timings}
-    with db.connect() as conn:
-        conn.execute(
-            "UPDATE pgrag.queries SET state = 'done', collection_id = %s, answer = %s,"
-            " citations = %s, passages = %s, timings = %s, question_embedding = %s,"
-            " error = NULL, finished_at = now() WHERE id = %s",
-            (
-                collection.id,
-                text,
-                Jsonb(citations),
-                Jsonb(passages),
-                Jsonb(timings),
-                np.asarray(vector, dtype=np.float32),
-                key,
-            ),
-        )
-    streaming.publish(key, "done", {"answer": text, "citations": citations, "timings": timings})
+    finally:
+        tokens.flush()  # what was generated before a failure still reaches the readers
+    return "".join(pieces).strip()
 
 
 def _check(question: str, options: Options) -> None:

@@ -6,18 +6,25 @@
 generator's model (`pgrag.generation.local`, greedy), so the `openai` backend is tested
 against a real server and a real model. `GET /v1/models` lists one model. A message that
 contains STALL makes the server wait `--stall-s` seconds before its first token, to test
-timeouts; with `--api-key`, other keys get HTTP 401.
+timeouts; with `--api-key`, other keys get HTTP 401. `OpenAIServer` runs it for a test.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
+import httpx
 import uvicorn
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -26,6 +33,7 @@ from pydantic import BaseModel
 from pgrag.generation.local import LocalGenerator
 
 MODEL = "smollm2-135m-instruct"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 class ChatRequest(BaseModel):
@@ -38,6 +46,7 @@ class ChatRequest(BaseModel):
 def create_app(api_key: str = "", stall_s: float = 600.0) -> FastAPI:
     app = FastAPI(title="local OpenAI-compatible server")
     generator = LocalGenerator()
+    generator.load()  # before serving: a first load may convert the GGUF file (20 s or more)
 
     def refused(authorization: str | None) -> JSONResponse | None:
         """OpenAI's answer to a wrong key, or None when the key is right."""
@@ -92,6 +101,39 @@ def create_app(api_key: str = "", stall_s: float = 600.0) -> FastAPI:
         return StreamingResponse(events(), media_type="text/event-stream")
 
     return app
+
+
+# ---------------------------------------------------------------------------- for tests
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class OpenAIServer:
+    """`tests/openai_server.py` in a process of its own, on a loopback port."""
+
+    def __init__(self, port: int | None = None, *args: str) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        argv = [sys.executable, "-m", "tests.openai_server", "--port", str(self.port), *args]
+        self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + 300  # the model loads first
+        while True:
+            assert self.proc.poll() is None, "the OpenAI-compatible server exited"
+            assert time.monotonic() < deadline, "the OpenAI-compatible server did not start"
+            try:
+                httpx.get(f"{self.url}/models", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 def main() -> None:

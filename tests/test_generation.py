@@ -5,23 +5,17 @@ backend against a real OpenAI-compatible server that streams the local model's t
 from __future__ import annotations
 
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from pgrag.generation import GeneratorError, GeneratorTimeout, Request, get_generator
 from pgrag.generation.extractive import sentences
 from pgrag.generation.prompt import approx_tokens, build_prompt, trim_to_tokens
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.openai_server import OpenAIServer, free_port
 
 
 @dataclass
@@ -196,36 +190,6 @@ def test_local_model_stops_at_its_deadline(model_home: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- openai backend
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OpenAIServer:
-    """`tests/openai_server.py` in a process of its own, on a loopback port."""
-
-    def __init__(self, port: int | None = None, *args: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        argv = [sys.executable, "-m", "tests.openai_server", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, "the OpenAI-compatible server exited"
-            assert time.monotonic() < deadline, "the OpenAI-compatible server did not start"
-            try:
-                httpx.get(f"{self.url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,318 @@
+"""Queued answering end to end: real PostgreSQL + pgvector, Redis and Celery query workers,
+read through the Python client and the CLI. The sample corpus (examples/corpus) is ingested
+once; examples/questions.txt names the document that answers each question."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pgrag import answering, ingest, jobs
+from pgrag.client import Event, ask, follow
+from pgrag.collections import create_collection
+from tests.conftest import Worker
+from tests.openai_server import OpenAIServer, free_port
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+QUESTIONS = [
+    tuple(line.split("\t")) for line in (EXAMPLES / "questions.txt").read_text().splitlines()
+]
+# status (queued, running, retrieving), passages, status (generating), tokens, done.
+ANSWERED = re.compile(r"^(status )+passages status (token )+done$")
+FAILED = re.compile(r"^(status )+error$")
+GENERATION_FAILED = re.compile(r"^(status )+passages status error$")  # after retrieval
+
+
+def wait_for_job(job_id: int, timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not (job := jobs.get_job(job_id)).finished:
+        assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
+        time.sleep(0.2)
+    assert job.state == "done", job.error
+
+
+@pytest.fixture(scope="module")
+def kb(worker: Worker) -> str:
+    """The sample corpus, ingested once for this module."""
+    name = f"answers_{uuid.uuid4().hex[:8]}"
+    wait_for_job(ingest.submit(EXAMPLES / "corpus", name, create=True).id)
+    return name
+
+
+def kinds(events: list[Event]) -> str:
+    return " ".join(e.type for e in events)
+
+
+def answer_text(events: list[Event]) -> str:
+    return "".join(e.data["text"] for e in events if e.type == "token").strip()
+
+
+def check_answered(events: list[Event], document: str) -> Event:
+    """The stream of an answered question, checked; returns its `done` event."""
+    assert ANSWERED.match(kinds(events)), kinds(events)
+    assert events[0].data["state"] == "queued"
+    done = events[-1]
+    assert answer_text(events) == done.data["answer"] != ""
+    cited = [c["external_id"] for c in done.data["citations"]]
+    assert cited and cited[0] == document, (done.data["answer"], cited)
+    assert re.search(r"\[\d+\]", done.data["answer"])
+    return done
+
+
+def test_answers_stream_in_order_cite_their_document_and_are_stored(kb: str) -> None:
+    for question, document in QUESTIONS[:4]:
+        events = list(ask(question, kb, generator="extractive"))
+        done = check_answered(events, document)
+        passages = next(e for e in events if e.type == "passages").data["passages"]
+        assert [p["n"] for p in passages] == list(range(1, 6))  # k = 5
+        assert all({"dense", "lexical", "fused"} <= set(p["scores"]) for p in passages)
+        assert set(done.data["timings"]) >= {"embed", "recall", "generate", "first_token", "total"}
+
+        row = answering.get_query(events[0].data["id"])
+        assert (row.state, row.question, row.collection) == ("done", question, kb)
+        assert row.answer == done.data["answer"]
+        assert row.citations == done.data["citations"]
+        assert row.timings == done.data["timings"]
+        assert row.passages == passages
+        assert row.options == {"k": 5, "rerank": False, "filters": [], "generator": "extractive"}
+        assert row.question_embedding is not None and len(row.question_embedding) == 384
+        assert row.started_at is not None and row.finished_at is not None
+
+        # A late reader gets the same stream, from its first event.
+        assert list(follow(row.id)) == events
+
+
+def test_filters_reach_retrieval(kb: str) -> None:
+    question, document = QUESTIONS[10]  # answered by the FAQ row faq-4, team "people"
+    events = list(ask(question, kb, k=3, filters=["team=people"], generator="extractive"))
+    check_answered(events, document)
+    passages = next(e for e in events if e.type == "passages").data["passages"]
+    assert len(passages) == 3
+    assert all(p["metadata"]["team"] == "people" for p in passages)
+
+    events = list(ask(question, kb, filters=["team=nobody"], generator="extractive"))
+    assert kinds(events).endswith("passages token done")
+    assert events[-1].data["answer"] == (
+        f"No passage of collection {kb!r} matches the question with these filters."
+    )
+    assert events[-1].data["citations"] == []
+
+
+def test_bad_questions_end_with_a_clear_error_and_the_worker_goes_on(
+    kb: str, worker: Worker
+) -> None:
+    ingesting = create_collection(f"ingesting_{uuid.uuid4().hex[:8]}")
+    job = jobs.create_job(ingesting.id, "/data/dump.jsonl", {})  # its first job, still queued
+    cases = [
+        (dict(question="", collection=kb), "the question is empty"),
+        (dict(question="  \n ", collection=kb), "the question is empty"),
+        (dict(question="a" * 100_000, collection=kb), "100,000 characters long, over the limit"),
+        (
+            dict(question="hi", collection="no_such_collection"),
+            "'no_such_collection' does not exist",
+        ),
+        (
+            dict(question="hi", collection=ingesting.name),
+            f"has no search index yet: its ingest job {job.id} is still queued",
+        ),
+        (dict(question="hi", collection=kb, filters=["lang"]), "lang"),
+        (dict(question="hi", collection=kb, generator="gpt"), "unknown generator 'gpt'"),
+        (dict(question="hi", collection=kb, k=0), "k must be between 1 and 100"),
+        (dict(question="hi", collection=kb, rerank=True), "cannot load the reranker model"),
+    ]
+    try:
+        for kwargs, reason in cases:
+            events = list(ask(**kwargs))  # type: ignore[arg-type]
+            assert FAILED.match(kinds(events)), (kwargs, kinds(events))
+            assert reason in events[-1].data["reason"], (reason, events[-1].data)
+            row = answering.get_query(events[0].data["id"])
+            assert (row.state, row.error, row.answer) == ("failed", events[-1].data["reason"], None)
+            assert worker.proc.poll() is None
+
+        jobs.cancel_job(job.id)
+        events = list(ask("hi", ingesting.name))
+        assert "it has no documents" in events[-1].data["reason"]
+
+        question, document = QUESTIONS[5]
+        check_answered(list(ask(question, kb, generator="extractive")), document)
+    finally:
+        jobs.cancel_job(job.id)
+
+
+def test_fifty_questions_at_once_each_get_their_own_answer(kb: str) -> None:
+    asked = [QUESTIONS[i % len(QUESTIONS)] for i in range(50)]
+    ids = [answering.submit(q, kb, generator="extractive") for q, _ in asked]
+    assert len(set(ids)) == 50
+    for query_id, (question, document) in zip(ids, asked, strict=True):
+        events = list(follow(query_id))
+        check_answered(events, document)
+        assert events[0].data["id"] == str(query_id)
+        row = answering.get_query(query_id)
+        assert (row.question, row.state, row.answer) == (
+            question,
+            "done",
+            events[-1].data["answer"],
+        )
+
+
+# ---------------------------------------------------------------------------- CLI
+
+
+def pgrag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgrag", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_cli_ask_prints_the_answer_citations_and_timings(kb: str) -> None:
+    question, document = QUESTIONS[7]
+    run = pgrag("ask", question, "-c", kb, "--generator", "extractive")
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.strip().splitlines()
+    assert re.search(r"\[\d+\]", lines[0])
+    citations = [line for line in lines if re.match(r"^\[\d+\] ", line)]
+    assert citations and document in citations[0] and "(chunk " in citations[0]
+    assert re.match(
+        r"^timings: queue \d+ ms, embed \d+ ms, recall \d+ ms, .*total \d+ ms$", lines[-1]
+    )
+
+    queued = pgrag("ask", question, "-c", kb, "--no-wait")
+    assert queued.returncode == 0, queued.stderr
+    query_id = uuid.UUID(queued.stdout.strip())
+    followed = pgrag("answer", str(query_id))
+    assert followed.returncode == 0, followed.stderr
+    row = answering.get_query(query_id)
+    assert followed.stdout.startswith(row.answer or "-")
+    assert document in followed.stdout
+
+
+def test_cli_bad_question_and_unknown_id_fail_clearly(kb: str) -> None:
+    run = pgrag("ask", "", "-c", kb)
+    assert run.returncode == 1
+    assert "the question is empty" in run.stderr
+    run = pgrag("answer", str(uuid.uuid4()))
+    assert run.returncode == 1
+    assert "does not exist" in run.stderr
+
+
+# ---------------------------------------------------------------------------- openai backend
+
+
+@pytest.fixture
+def own_broker(services: Path) -> Iterator[None]:
+    """A Redis database of its own, so that only this test's query worker gets its tasks."""
+    from pgrag import queue
+    from pgrag import services as svc
+    from pgrag.settings import get_settings
+
+    os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + "/6"
+    get_settings.cache_clear()
+    queue._client.cache_clear()
+    yield
+    del os.environ["PGRAG_REDIS_URL"]
+    get_settings.cache_clear()
+    queue._client.cache_clear()
+
+
+@pytest.fixture
+def test_reranker(tmp_path: Path) -> str:
+    """A real CrossEncoder built from the local MiniLM weights (its head is untrained: it
+    exercises the rerank stage, not its quality; no trained one can be loaded offline)."""
+    from sentence_transformers import CrossEncoder
+
+    from pgrag.models import resolve_model
+
+    path = tmp_path / "cross-encoder"
+    CrossEncoder(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), num_labels=1).save(
+        str(path)
+    )
+    return str(path)
+
+
+def openai_worker(port: int, **settings: str) -> Worker:
+    """A query worker of its own whose `openai` backend points at 127.0.0.1:`port`."""
+    env = {
+        "PGRAG_GENERATOR": "openai",
+        "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+        "PGRAG_OPENAI_API_KEY": "sk-test",
+        **{f"PGRAG_{k.upper()}": v for k, v in settings.items()},
+    }
+    return Worker(Path(os.environ["PGRAG_HOME"]), "query", f"openai{port}", env)
+
+
+def test_unreachable_or_stalled_llm_endpoint_ends_with_an_error_and_the_worker_goes_on(
+    kb: str, own_broker: None
+) -> None:
+    port = free_port()
+    query_worker = openai_worker(port, generate_timeout_s="8")
+    server: OpenAIServer | None = None
+    question, document = QUESTIONS[1]
+    try:
+        events = list(ask(question, kb))  # nothing listens on the port yet
+        assert GENERATION_FAILED.match(kinds(events)), kinds(events)
+        assert "cannot reach the LLM endpoint" in events[-1].data["reason"]
+
+        # A server that sends nothing: the worker gives up at PGRAG_GENERATE_TIMEOUT_S.
+        server = OpenAIServer(port, "--api-key", "sk-test", "--stall-s", "120")
+        events = list(ask("STALL " + question, kb))
+        assert GENERATION_FAILED.match(kinds(events)), kinds(events)
+        assert "did not finish within 8 s" in events[-1].data["reason"]
+
+        check_answered(list(ask(question, kb, generator="extractive")), document)
+        assert query_worker.proc.poll() is None
+    finally:
+        query_worker.stop()
+        if server:
+            server.stop()
+
+
+def test_openai_backend_end_to_end_with_rerank(
+    kb: str, own_broker: None, test_reranker: str
+) -> None:
+    server = OpenAIServer(None, "--api-key", "sk-test")
+    # A short prompt and answer: the server runs a real model on a CPU.
+    query_worker = openai_worker(
+        server.port,
+        generate_timeout_s="300",
+        max_new_tokens="32",
+        max_context_tokens="768",
+        rerank_model=test_reranker,
+        # Its head is untrained: it only reorders the fused top k, which holds the document.
+        rerank_top_n="3",
+    )
+    question, document = QUESTIONS[1]
+    try:
+        events = list(ask(question, kb, k=3))
+        assert ANSWERED.match(kinds(events)), (kinds(events), events[-1].data)
+        done = events[-1]
+        assert answer_text(events) == done.data["answer"] != ""
+        assert sum(e.type == "token" for e in events) > 1
+        passages = next(e for e in events if e.type == "passages").data["passages"]
+        assert document in {p["external_id"] for p in passages}
+        assert all("rerank" in p["scores"] for p in passages)
+        assert "rerank" in done.data["timings"]
+        row = answering.get_query(events[0].data["id"])
+        assert (row.state, row.answer, row.citations) == (
+            "done",
+            done.data["answer"],
+            done.data["citations"],
+        )
+        assert row.options["generator"] == "openai" and row.options["rerank"] is True
+    finally:
+        query_worker.stop()
+        server.stop()
