@@ -265,22 +265,34 @@ def jobs(args: tuple[str, ...]) -> None:
 @click.option("-c", "--collection", required=True)
 @click.option("-k", type=click.IntRange(1, 1000), default=5, show_default=True)
 @click.option(
-    "--mode", type=click.Choice(["dense", "lexical", "hybrid"]), default="hybrid", show_default=True,
+    "--mode",
+    type=click.Choice(["dense", "lexical", "hybrid"]),
+    default="hybrid",
+    show_default=True,
     help="dense: HNSW nearest neighbours; lexical: BM25; hybrid: reciprocal rank fusion of both.",
 )
-@click.option("--rerank", is_flag=True, help="Rescore the top PGRAG_RERANK_TOP_N with the cross-encoder.")
 @click.option(
-    "--filter", "filters", multiple=True, metavar="EXPR",
+    "--rerank", is_flag=True, help="Rescore the top PGRAG_RERANK_TOP_N with the cross-encoder."
+)
+@click.option(
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="EXPR",
     help="Metadata condition KEY OP VALUE, OP one of = != < <= > >= ~ (lang=en, year>=2020, "
     "tags~security); repeat to AND several.",
 )
 @friendly_errors
-def search(query: str, collection: str, k: int, mode: str, rerank: bool, filters: tuple[str, ...]) -> None:
+def search(
+    query: str, collection: str, k: int, mode: str, rerank: bool, filters: tuple[str, ...]
+) -> None:
     """Retrieve the k best chunks for QUERY, with the score of each stage."""
     from pgrag.collections import get_collection
     from pgrag.retrieval import retrieve
 
-    result = retrieve(get_collection(collection), query, k=k, mode=mode, filters=filters, rerank=rerank)
+    result = retrieve(
+        get_collection(collection), query, k=k, mode=mode, filters=filters, rerank=rerank
+    )
     if not result.passages:
         click.echo("no matching chunks")
     for rank, p in enumerate(result.passages, 1):
@@ -297,24 +309,34 @@ def search(query: str, collection: str, k: int, mode: str, rerank: bool, filters
 @click.argument("question")
 @click.option("-c", "--collection", required=True, help="Collection to answer from.")
 @click.option(
-    "-k", type=click.IntRange(1, 100), default=5, show_default=True,
+    "-k",
+    type=click.IntRange(1, 100),
+    default=5,
+    show_default=True,
     help="Passages retrieved and given to the generator.",
 )
 @click.option(
-    "--generator", type=click.Choice(["extractive", "local", "openai"]), default=None,
+    "--generator",
+    type=click.Choice(["extractive", "local", "openai"]),
+    default=None,
     help="extractive: cited sentences of the passages, no LLM; local: a small model run by "
     "the query worker; openai: an OpenAI-compatible endpoint. Default: PGRAG_GENERATOR.",
 )
 @click.option(
-    "--rerank/--no-rerank", default=None,
+    "--rerank/--no-rerank",
+    default=None,
     help="Rerank the passages with the cross-encoder (default: when its model can be loaded).",
 )
 @click.option(
-    "--filter", "filters", multiple=True, metavar="EXPR",
+    "--filter",
+    "filters",
+    multiple=True,
+    metavar="EXPR",
     help="Metadata condition, as for `pgrag search` (lang=en, year>=2020); repeat to AND several.",
 )
 @click.option(
-    "--wait/--no-wait", default=True,
+    "--wait/--no-wait",
+    default=True,
     help="Print the answer as it streams; --no-wait prints the question id for `pgrag answer`.",
 )
 @click.option("--timeout", type=float, default=600, show_default=True, help="Seconds to wait.")

@@ -74,7 +74,12 @@ def kb(api: str) -> str:
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
         job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
-    assert (job["state"], job["docs_done"], job["docs_failed"], job["errors"]) == ("done", 34, 0, [])
+    assert (job["state"], job["docs_done"], job["docs_failed"], job["errors"]) == (
+        "done",
+        34,
+        0,
+        [],
+    )
     return name
 
 

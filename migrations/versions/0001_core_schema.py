@@ -152,7 +152,8 @@ CREATE TABLE pgrag.postings (
     chunk_id        bigint NOT NULL REFERENCES pgrag.chunks(id) ON DELETE CASCADE,
     tf              integer NOT NULL,
     chunk_len       integer NOT NULL,
-    PRIMARY KEY (collection_id, lexeme, chunk_id)
+    -- INCLUDE makes the BM25 read of a posting list index-only.
+    PRIMARY KEY (collection_id, lexeme, chunk_id) INCLUDE (tf, chunk_len)
 );
 CREATE INDEX postings_chunk_idx ON pgrag.postings (chunk_id);
 COMMENT ON TABLE pgrag.postings IS 'Inverted index for BM25: one row per (lexeme, chunk) from to_tsvector(collection text_config, title || text).';
