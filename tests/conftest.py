@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +22,14 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+# (question, the document that answers it) for the sample corpus in examples/corpus.
+QUESTIONS = [
+    tuple(line.split("\t")) for line in (EXAMPLES / "questions.txt").read_text().splitlines()
+]
+# Event types of an answered question: status (queued, running, retrieving), passages,
+# status (generating), tokens, done.
+ANSWERED = re.compile(r"^(status )+passages status (token )+done$")
 
 
 class Worker:
@@ -138,3 +147,22 @@ def wait_job() -> Callable[..., object]:
         raise TimeoutError(f"job {job_id} still {get_job(job_id).state} after {timeout}s")
 
     return wait
+
+
+_broker_dbs = itertools.count(5)
+
+
+@pytest.fixture
+def own_broker(services: Path) -> Iterator[None]:
+    """A Redis database of its own, so that only the test's own workers get its tasks."""
+    from pgrag import queue
+    from pgrag import services as svc
+    from pgrag.settings import get_settings
+
+    os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
+    get_settings.cache_clear()
+    queue._client.cache_clear()
+    yield
+    del os.environ["PGRAG_REDIS_URL"]
+    get_settings.cache_clear()
+    queue._client.cache_clear()

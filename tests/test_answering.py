@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,18 +17,11 @@ import pytest
 from pgrag import answering, ingest, jobs
 from pgrag.client import Event, ask, follow
 from pgrag.collections import create_collection
-from tests.conftest import Worker
+from tests.conftest import ANSWERED, EXAMPLES, QUESTIONS, ROOT, Worker
 from tests.openai_server import OpenAIServer, free_port
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-QUESTIONS = [
-    tuple(line.split("\t")) for line in (EXAMPLES / "questions.txt").read_text().splitlines()
-]
-# status (queued, running, retrieving), passages, status (generating), tokens, done.
-ANSWERED = re.compile(r"^(status )+passages status (token )+done$")
 FAILED = re.compile(r"^(status )+error$")
 GENERATION_FAILED = re.compile(r"^(status )+passages status error$")  # after retrieval
 
@@ -211,22 +203,6 @@ def test_cli_bad_question_and_unknown_id_fail_clearly(kb: str) -> None:
 
 
 # ---------------------------------------------------------------------------- openai backend
-
-
-@pytest.fixture
-def own_broker(services: Path) -> Iterator[None]:
-    """A Redis database of its own, so that only this test's query worker gets its tasks."""
-    from pgrag import queue
-    from pgrag import services as svc
-    from pgrag.settings import get_settings
-
-    os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + "/6"
-    get_settings.cache_clear()
-    queue._client.cache_clear()
-    yield
-    del os.environ["PGRAG_REDIS_URL"]
-    get_settings.cache_clear()
-    queue._client.cache_clear()
 
 
 @pytest.fixture

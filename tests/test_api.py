@@ -13,23 +13,15 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import Worker
+from tests.conftest import ANSWERED, EXAMPLES, QUESTIONS, ROOT, Worker
 from tests.openai_server import free_port
 
 pytestmark = pytest.mark.slow
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "examples"
-QUESTIONS = [
-    tuple(line.split("\t")) for line in (EXAMPLES / "questions.txt").read_text().splitlines()
-]
-ANSWERED = re.compile(r"^(status )+passages status (token )+done$")
 
 
 @pytest.fixture(scope="module")

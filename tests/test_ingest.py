@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -228,22 +228,6 @@ def test_bad_path_and_unknown_collection_fail_before_any_work(
     with pytest.raises(UnknownCollection, match="does not exist"):
         ingest.submit(corpus, collection_name)
     assert len(jobs.list_jobs(limit=1000)) == before
-
-
-@pytest.fixture
-def own_broker(services: Path) -> Iterator[None]:
-    """A Redis database of its own, so that only this test's workers see its tasks."""
-    from pgrag import queue
-    from pgrag import services as svc
-    from pgrag.settings import get_settings
-
-    os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + "/5"
-    get_settings.cache_clear()
-    queue._client.cache_clear()
-    yield
-    del os.environ["PGRAG_REDIS_URL"]
-    get_settings.cache_clear()
-    queue._client.cache_clear()
 
 
 def test_worker_killed_mid_embed_job_still_ends_exact(
