@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -13,6 +14,10 @@ import click
 from pgrag.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+# Model loading draws progress bars that would mix with the commands' own output.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def friendly_errors(fn: F) -> F:
@@ -440,7 +445,6 @@ def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     with the psql that ships with it; a configured URL uses `psql` on PATH, else that one.
     A password goes through PGPASSWORD, not the command line.
     """
-    import os
     import shutil
 
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -485,7 +489,6 @@ def sql(psql_args: tuple[str, ...]) -> None:
 
     The views and functions of the pgrag schema are described in docs/sql.md.
     """
-    import os
 
     argv, env = psql_command(psql_args)
     os.execve(argv[0], argv, env)

