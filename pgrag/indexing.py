@@ -16,6 +16,7 @@ import os
 import psycopg
 
 from pgrag.schema import Collection
+from pgrag.settings import get_settings
 
 
 def vector_expr(collection: Collection) -> str:
@@ -49,7 +50,9 @@ def build_index(conn: psycopg.Connection, collection: Collection) -> bool:
         conn.execute(f"DROP INDEX CONCURRENTLY pgrag.{collection.index_name}")
     workers = max(1, min(8, (os.cpu_count() or 2) - 1))
     conn.execute(f"SET max_parallel_maintenance_workers = {workers}")
-    conn.execute("SET maintenance_work_mem = '1GB'")
+    conn.execute(
+        "SELECT set_config('maintenance_work_mem', %s, false)", (get_settings().index_build_memory,)
+    )
     conn.execute(
         f"CREATE INDEX CONCURRENTLY {collection.index_name} ON pgrag.chunks"
         f" USING hnsw (({vector_expr(collection)}) vector_cosine_ops)"

@@ -50,6 +50,10 @@ class Settings:
     max_question_chars: int = 4000
     answer_ttl_s: int = 3600
 
+    # HNSW builds: the graph must fit in this memory or the build slows down several times
+    # (about 2 GB for a million 384-d vectors). Parallel builds take it as shared memory.
+    index_build_memory: str = "4GB"
+
     # Celery.
     visibility_timeout_s: int = 3600
 
