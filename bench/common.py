@@ -69,6 +69,12 @@ class Home:
         return None
 
 
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (from `timeout`, say) into SystemExit, so that `pgrag_home` still
+    stops the servers it started and removes its folder."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
 @contextlib.contextmanager
 def pgrag_home(keep: bool = False, env: dict[str, str] | None = None) -> Iterator[Home]:
     """Embedded PostgreSQL + Redis under a fresh temporary PGRAG_HOME, migrated to the latest
@@ -143,16 +149,17 @@ def postgres_settings() -> dict[str, str]:
 
 
 class Worker:
-    """A real `celery worker` process on one queue, started with the argv `pgrag up` uses."""
+    """A real `celery worker` process on one queue with `concurrency` pool processes,
+    started with the argv `pgrag up` uses."""
 
-    def __init__(self, home: Home, queue: str) -> None:
+    def __init__(self, home: Home, queue: str, concurrency: int = 1) -> None:
         from pgrag import processes
 
         self.name = queue
-        self.log = home.path / f"worker-{queue}.log"
+        self.log = home.path / f"worker-{queue}-c{concurrency}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                processes.worker(queue).argv,
+                processes.worker(queue, concurrency).argv,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -52,6 +52,7 @@ from bench.common import (
     ResourceSampler,
     Worker,
     default_out,
+    exit_on_sigterm,
     pgrag_home,
     postgres_settings,
     print_table,
@@ -970,6 +971,7 @@ def main() -> None:
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary PGRAG_HOME")
     args = parser.parse_args()
+    exit_on_sigterm()
 
     out = args.out or default_out("ingest")
     env = {}

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -57,40 +56,6 @@ STAGES = ("queue", "embed", "recall", "rerank", "generate", "first_token", "tota
 QUESTIONS = [
     line.split("\t")[0] for line in (ROOT / "examples" / "questions.txt").read_text().splitlines()
 ]
-
-
-class QueryWorker:
-    """One `celery worker -Q query -c W` process, started with `pgrag up`'s argv."""
-
-    def __init__(self, home: Home, concurrency: int) -> None:
-        from pgrag import processes
-
-        self.log = home.path / f"worker-query-c{concurrency}.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                processes.worker("query", concurrency).argv,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **home.env},
-                start_new_session=True,
-            )
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while b"ready." not in self.log.read_bytes():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"query worker not ready: {self.log.read_text()[-3000:]}")
-            time.sleep(0.1)
-
-    def stop(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def ingest(home: Home, corpus: Path) -> str:
@@ -197,7 +162,7 @@ def run(
             for i in range(count)
         ]
 
-    worker = QueryWorker(home, workers)
+    worker = Worker(home, "query", workers)
     try:
         worker.wait_ready()
         wait_answered(ask(2 * workers), timeout=600)  # every pool process loads its models

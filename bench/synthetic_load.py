@@ -37,6 +37,7 @@ from bench.common import (
     Home,
     ResourceSampler,
     default_out,
+    exit_on_sigterm,
     pgrag_home,
     postgres_settings,
     print_table,
@@ -226,8 +227,23 @@ class BuildProgress(threading.Thread):
         self.join()
 
 
-def build(collection: Any, home: Home) -> dict[str, Any]:
-    """`pgrag.indexing.build_index`, timed, with its progress phases and notices."""
+class _MemoryOverride:
+    """A connection whose `SET maintenance_work_mem` statements set `value` instead: runs
+    `build_index` unchanged but for that one setting (--maintenance-work-mem)."""
+
+    def __init__(self, conn: Any, value: str) -> None:
+        self.conn = conn
+        self.value = value
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(query, str) and query.startswith("SET maintenance_work_mem"):
+            query = f"SET maintenance_work_mem = '{self.value}'"
+        return self.conn.execute(query, *args, **kwargs)
+
+
+def build(collection: Any, home: Home, memory: str | None = None) -> dict[str, Any]:
+    """`pgrag.indexing.build_index`, timed, with its progress phases and notices; with
+    `memory`, its maintenance_work_mem is replaced by that value."""
     from pgrag import db, indexing
 
     notices: list[tuple[float, str]] = []
@@ -242,7 +258,8 @@ def build(collection: Any, home: Home) -> dict[str, Any]:
         progress.start()
         sampler.start()
         meter = CpuMeter({"postgres": home.postmaster_pid}).start()
-        indexing.build_index(conn, collection)
+        target: Any = _MemoryOverride(conn, memory) if memory else conn
+        indexing.build_index(target, collection)
         seconds = time.perf_counter() - t0
         cpu = meter.stop()
         progress.stop()
@@ -301,7 +318,8 @@ def one_size(rows: int, args: argparse.Namespace) -> dict[str, Any]:
             )
         if not args.no_index:
             print(f"{rows:,} rows: building the HNSW index", file=sys.stderr)
-            result["hnsw"] = build(collection, home)
+            result["hnsw"] = build(collection, home, args.maintenance_work_mem)
+            result["hnsw"]["maintenance_work_mem_overridden"] = bool(args.maintenance_work_mem)
         return result
 
 
@@ -340,6 +358,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--no-index", action="store_true", help="load only")
     parser.add_argument(
+        "--maintenance-work-mem",
+        default=None,
+        metavar="SIZE",
+        help="what-if: run build_index with this maintenance_work_mem (e.g. 3GB) instead of"
+        " the value it sets; the table title says so",
+    )
+    parser.add_argument(
         "--extrapolate",
         type=int,
         default=1_000_000,
@@ -348,6 +373,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON results path")
     parser.add_argument("--keep", action="store_true", help="keep the temporary PGRAG_HOME")
     args = parser.parse_args()
+    exit_on_sigterm()
 
     sizes = [int(s.replace("_", "")) for s in args.rows.split(",")]
     results = [one_size(n, args) for n in sizes]
@@ -370,9 +396,10 @@ def main() -> None:
         )
     built = next((r["hnsw"] for r in results if "hnsw" in r), None)
     setup = (
-        ", build_index session: maintenance_work_mem {maintenance_work_mem},"
+        ", build_index session: maintenance_work_mem {maintenance_work_mem}{how},"
         " max_parallel_maintenance_workers {max_parallel_maintenance_workers}".format(
-            **built["settings_of_the_build_session"]
+            **built["settings_of_the_build_session"],
+            how=" (OVERRIDDEN by --maintenance-work-mem)" if args.maintenance_work_mem else "",
         )
         if built
         else ""

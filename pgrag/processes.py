@@ -23,9 +23,12 @@ class Process:
     argv: list[str]
 
 
-def worker(queue: str, concurrency: int = 1) -> Process:
+def worker(queue: str, concurrency: int = 1, name: str | None = None) -> Process:
+    """A Celery worker consuming `queue` (or several, comma-separated) with `concurrency`
+    pool processes; `name` (default: the queue) names its node and pid file."""
+    name = name or queue
     return Process(
-        f"worker-{queue}",
+        f"worker-{name}",
         [
             sys.executable,
             "-m",
@@ -38,7 +41,7 @@ def worker(queue: str, concurrency: int = 1) -> Process:
             "-c",
             str(concurrency),
             "-n",
-            f"{queue}@%h",
+            f"{name}@%h",
             "--loglevel",
             "INFO",
             "--without-gossip",

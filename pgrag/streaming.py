@@ -103,8 +103,18 @@ class TokenBuffer:
         self.last = time.monotonic()
 
 
-def _event(entry_id: str, fields: dict[str, str]) -> Event:
-    return Event(fields.get("event", ""), json.loads(fields.get("data") or "{}"), entry_id)
+def _events(reply: Any) -> list[Event]:
+    """The events of an XREAD reply on one stream, in order."""
+    return [
+        Event(fields.get("event", ""), json.loads(fields.get("data") or "{}"), entry_id)
+        for _, entries in reply or []
+        for entry_id, fields in entries
+    ]
+
+
+def _block_ms(deadline: float) -> int:
+    """How long the next XREAD may wait: BLOCK_MS, or less when the deadline is nearer."""
+    return max(1, int(min(BLOCK_MS, (deadline - time.monotonic()) * 1000)))
 
 
 def read(
@@ -114,16 +124,12 @@ def read(
     `error`, waiting for new ones with XREAD. StreamTimeout when `timeout_s` pass first."""
     r, key, last = connection(), stream_key(query_id), after
     deadline = time.monotonic() + timeout_s
-    while (left := deadline - time.monotonic()) > 0:
-        block = max(1, int(min(BLOCK_MS, left * 1000)))
-        reply: Any = r.xread({key: last}, count=256, block=block)
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = _event(entry_id, fields)
-                yield event
-                if event.final:
-                    return
+    while time.monotonic() < deadline:
+        for event in _events(r.xread({key: last}, count=256, block=_block_ms(deadline))):
+            last = event.id
+            yield event
+            if event.final:
+                return
     raise StreamTimeout(f"no final event on {key} within {timeout_s:g} s")
 
 
@@ -135,16 +141,13 @@ async def aread(
     deadline = time.monotonic() + timeout_s
     r = redis.asyncio.Redis.from_url(redis_url(), decode_responses=True)
     try:
-        while (left := deadline - time.monotonic()) > 0:
-            block = max(1, int(min(BLOCK_MS, left * 1000)))
-            reply: Any = await r.xread({key: last}, count=256, block=block)
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    last = entry_id
-                    event = _event(entry_id, fields)
-                    yield event
-                    if event.final:
-                        return
+        while time.monotonic() < deadline:
+            reply = await r.xread({key: last}, count=256, block=_block_ms(deadline))
+            for event in _events(reply):
+                last = event.id
+                yield event
+                if event.final:
+                    return
         raise StreamTimeout(f"no final event on {key} within {timeout_s:g} s")
     finally:
         await r.aclose()

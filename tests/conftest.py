@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -38,26 +37,10 @@ class Worker:
     def __init__(
         self, home: Path, queues: str, name: str, env: dict[str, str] | None = None
     ) -> None:
+        from pgrag import processes
+
         self.log = home / f"{name}.log"
-        argv = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers.app",
-            "worker",
-            "-Q",
-            queues,
-            "-c",
-            "1",
-            "-n",
-            f"{name}@%h",
-            "--loglevel",
-            "INFO",
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
+        argv = [*processes.worker(queues, name=name).argv, "--without-heartbeat"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
