@@ -352,3 +352,100 @@ def test_cli_ingest_shows_progress_and_jobs(
     assert unknown.returncode == 1 and "does not exist" in unknown.stderr
     hits = pgrag("search", "paid parental leave", "--collection", collection_name, "-k", "2")
     assert "people/leave.md" in hits.stdout.splitlines()[0]
+
+
+def test_ingest_worker_killed_mid_read_resumes_from_its_checkpoint(
+    own_broker: None, tmp_path: Path, collection_name: str, wait_job: Callable
+) -> None:
+    """The reading task dies part way through the source: its redelivery resumes after the
+    last committed batch, and every document is read, counted and embedded exactly once."""
+    from tests.conftest import Worker
+
+    n = 4000
+    source = tmp_path / "notes.jsonl"
+    source.write_text(
+        "".join(
+            json.dumps({"id": f"n{i}", "text": f"Note {i} about item {i}."}) + "\n"
+            for i in range(n)
+        )
+    )
+    create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    env = {"PGRAG_INGEST_BATCH_DOCS": "10"}  # 400 checkpoints along the source
+    # Only a reader: the embed tasks it fans out wait in the broker.
+    reader = Worker(home, "ingest", "doomed-reader", env)
+    job = ingest.submit(source, collection_name)
+    deadline = time.monotonic() + 120
+    while jobs.get_job(job.id).docs_read < 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    reader.kill()
+    killed_at = jobs.get_job(job.id)
+    assert not killed_at.source_done, "the source was read whole before the kill: no resume"
+    assert 0 < killed_at.docs_read < n
+
+    survivor = Worker(home, "ingest,embed", "survivor-reader", env)
+    try:
+        done = wait_job(job.id, timeout=300)
+    finally:
+        survivor.stop()
+    assert "ingest_source" in survivor.log.read_text()  # the killed read was delivered again
+    assert (done.state, done.error) == ("done", None)
+    assert (done.docs_total, done.docs_read, done.docs_done, done.docs_failed) == (n, n, n, 0)
+    assert done.chunks_done == n
+    with db.connect() as conn:
+        documents, chunks, distinct = conn.execute(
+            "SELECT (SELECT count(*) FROM pgrag.documents WHERE job_id = %(j)s),"
+            " count(*), count(DISTINCT document_id) FROM pgrag.chunks"
+            " WHERE collection_id = %(c)s",
+            {"j": job.id, "c": killed_at.collection_id},
+        ).fetchone()
+    assert documents == chunks == distinct == n
+
+
+def test_cancel_stops_a_running_job(own_broker: None, tmp_path: Path, collection_name: str) -> None:
+    """`pgrag jobs cancel` ends a job at once; the workers skip what was left of it."""
+    from click.testing import CliRunner
+
+    from pgrag import queue
+    from pgrag.cli import main
+    from pgrag.streaming import connection
+    from tests.conftest import Worker
+
+    docs = {
+        f"doc{i:02}.txt": " ".join(f"Sentence {j} of document {i}." for j in range(150))
+        for i in range(40)
+    }
+    corpus = write_corpus(tmp_path / "many", docs)
+    collection = create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    w = Worker(home, "ingest,embed", "canceller", {"PGRAG_INGEST_BATCH_DOCS": "4"})
+    try:
+        job = ingest.submit(corpus, collection_name)
+        deadline = time.monotonic() + 120
+        while jobs.get_job(job.id).chunks_done == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        result = CliRunner().invoke(main, ["jobs", "cancel", str(job.id)])
+        assert result.exit_code == 0, result.output
+        assert result.output.strip() == f"job {job.id}: cancelled"
+        # The tasks still queued for the job run and find it cancelled.
+        deadline = time.monotonic() + 120
+        while connection().llen(queue.QUEUES[queue.EMBED_DOCUMENTS]) > 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(3)  # the task that was running when the job was cancelled
+    finally:
+        w.stop()
+    final = jobs.get_job(job.id)
+    assert final.state == "cancelled" and final.finished_at is not None
+    with db.connect() as conn:
+        stored, pending = conn.execute(
+            "SELECT (SELECT count(*) FROM pgrag.chunks WHERE collection_id = %(c)s),"
+            " (SELECT count(*) FROM pgrag.documents WHERE job_id = %(j)s AND status = 'pending')",
+            {"c": collection.id, "j": job.id},
+        ).fetchone()
+    assert stored == final.chunks_done > 0  # the counters agree with what was stored
+    assert pending > 0 and final.docs_done < 42  # the rest was skipped, not embedded
+    again = CliRunner().invoke(main, ["jobs", "cancel", str(job.id)])
+    assert again.output.strip() == f"job {job.id}: cancelled"
