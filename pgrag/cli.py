@@ -204,11 +204,8 @@ def follow_job(job_id: int, interval: float = 0.5) -> None:
 
 
 def _rate(job: Any) -> str:
-    if not job.started_at:
-        return "-"
-    end = job.finished_at or job.updated_at
-    seconds = max((end - job.started_at).total_seconds(), 1e-3)
-    return f"{job.chunks_done / seconds:.1f} chunks/s"
+    rate = job.chunks_per_s
+    return "-" if rate is None else f"{rate:.1f} chunks/s"
 
 
 def show_job(job_id: int) -> None:

@@ -78,6 +78,15 @@ class IngestJob(Base):
     def docs_processed(self) -> int:
         return self.docs_done + self.docs_failed + self.docs_skipped
 
+    @property
+    def chunks_per_s(self) -> float | None:
+        """Chunks stored per second from the start to the end (or the last update so far);
+        None before the job starts."""
+        if self.started_at is None:
+            return None
+        end = self.finished_at or self.updated_at
+        return self.chunks_done / max((end - self.started_at).total_seconds(), 1e-3)
+
 
 class Document(Base):
     __tablename__ = "documents"

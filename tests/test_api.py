@@ -72,6 +72,7 @@ def kb(api: str) -> str:
         0,
         [],
     )
+    assert job["docs_processed"] == 34 and job["chunks_per_s"] > 0
     return name
 
 

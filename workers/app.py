@@ -18,8 +18,9 @@ MODEL_QUEUES = {"embed", "query"}
 
 @celeryd_after_setup.connect
 def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
-    # Runs in the main process before the pool forks: the children inherit the variable.
+    # Runs in the main process before the pool forks: the children inherit the variables.
     os.environ["PGRAG_WORKER_QUEUES"] = ",".join(instance.app.amqp.queues.consume_from)
+    os.environ["PGRAG_WORKER_CONCURRENCY"] = str(instance.concurrency)
 
 
 @worker_process_init.connect
@@ -27,7 +28,10 @@ def _warm_up(**_: Any) -> None:
     """Load the default embedder once per pool process, after the fork, before any task."""
     if MODEL_QUEUES & set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(",")):
         from pgrag.embedding import load_embedder
+        from pgrag.models import share_cpu_threads
         from pgrag.settings import get_settings
 
         settings = get_settings()
-        load_embedder(settings.embed_model, settings.device)
+        embedder = load_embedder(settings.embed_model, settings.device)
+        if embedder.device == "cpu":
+            share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))

@@ -40,7 +40,11 @@ class Job(BaseModel):
     docs_failed: int
     docs_skipped: int
     docs_deleted: int
+    docs_processed: int = Field(description="Documents done, failed or skipped so far")
     chunks_done: int
+    chunks_per_s: float | None = Field(
+        description="Chunks stored per second since the job started (null before it starts)"
+    )
     error: str | None
     created_at: datetime
     started_at: datetime | None
