@@ -227,24 +227,15 @@ class BuildProgress(threading.Thread):
         self.join()
 
 
-class _MemoryOverride:
-    """A connection whose `SET maintenance_work_mem` statements set `value` instead: runs
-    `build_index` unchanged but for that one setting (--maintenance-work-mem)."""
-
-    def __init__(self, conn: Any, value: str) -> None:
-        self.conn = conn
-        self.value = value
-
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        if isinstance(query, str) and query.startswith("SET maintenance_work_mem"):
-            query = f"SET maintenance_work_mem = '{self.value}'"
-        return self.conn.execute(query, *args, **kwargs)
-
-
 def build(collection: Any, home: Home, memory: str | None = None) -> dict[str, Any]:
     """`pgrag.indexing.build_index`, timed, with its progress phases and notices; with
-    `memory`, its maintenance_work_mem is replaced by that value."""
+    `memory`, it runs with that maintenance_work_mem instead of PGRAG_INDEX_BUILD_MEMORY."""
     from pgrag import db, indexing
+    from pgrag.settings import get_settings
+
+    if memory:
+        os.environ["PGRAG_INDEX_BUILD_MEMORY"] = memory
+        get_settings.cache_clear()
 
     notices: list[tuple[float, str]] = []
     progress = BuildProgress()
@@ -258,8 +249,7 @@ def build(collection: Any, home: Home, memory: str | None = None) -> dict[str, A
         progress.start()
         sampler.start()
         meter = CpuMeter({"postgres": home.postmaster_pid}).start()
-        target: Any = _MemoryOverride(conn, memory) if memory else conn
-        indexing.build_index(target, collection)
+        indexing.build_index(conn, collection)
         seconds = time.perf_counter() - t0
         cpu = meter.stop()
         progress.stop()

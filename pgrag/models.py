@@ -58,11 +58,9 @@ def pick_device(setting: str = "") -> str:
     return setting
 
 
-def share_cpu_threads(processes: int) -> int:
+def share_cpu_threads(processes: int) -> None:
     """Give this process its share of the CPU cores when `processes` model processes run
     side by side: torch starts one thread per core in each, and two processes each running
-    as many threads as there are cores slow each other down. Returns the thread count."""
+    as many threads as there are cores slow each other down."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    threads = max(1, (cores or 1) // max(1, processes))
-    torch.set_num_threads(threads)
-    return threads
+    torch.set_num_threads(max(1, (cores or 1) // max(1, processes)))
