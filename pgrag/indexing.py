@@ -64,8 +64,9 @@ def build_index(conn: psycopg.Connection, collection: Collection) -> bool:
 
 
 def ef_search_for(k: int) -> int:
-    """Candidate list size for k results: pgvector's default 40 is too small past k = 20."""
-    return min(1000, max(64, 2 * k))
+    """Candidate list size for k results: PGRAG_HNSW_EF_SEARCH, or 2k when that is larger
+    (pgvector's default 40 is too small past k = 20), at most pgvector's limit of 1000."""
+    return min(1000, max(get_settings().hnsw_ef_search, 2 * k))
 
 
 def set_search_params(conn: psycopg.Connection, k: int) -> None:

@@ -50,6 +50,10 @@ class Settings:
     max_question_chars: int = 4000
     answer_ttl_s: int = 3600
 
+    # HNSW searches: the least hnsw.ef_search of a search (raised to 2k for larger k). Higher
+    # finds more of the exact neighbours, more slowly: measure with pgrag.recall_audit().
+    hnsw_ef_search: int = 64
+
     # HNSW builds: the graph must fit in this memory or the build slows down several times
     # (about 2 GB for a million 384-d vectors). Parallel builds take it as shared memory.
     index_build_memory: str = "4GB"

@@ -329,6 +329,29 @@ def test_selective_filter_still_returns_k_rows_from_the_index(corpus: Collection
     assert len(retrieve(corpus, "valve", k=k, mode="dense", filters=["lang=is"]).passages) == k
 
 
+def test_ef_search_comes_from_k_and_the_setting(
+    corpus: Collection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The search session's hnsw.ef_search: the setting's floor, 2k past it, 1000 at most."""
+    from pgrag.settings import get_settings
+
+    def ef_for(k: int) -> int:
+        with db.connect() as conn:
+            indexing.set_search_params(conn, k)
+            return int(conn.execute("SHOW hnsw.ef_search").fetchone()[0])  # type: ignore[index]
+
+    assert (ef_for(10), ef_for(100), ef_for(900)) == (64, 200, 1000)
+    monkeypatch.setenv("PGRAG_HNSW_EF_SEARCH", "300")
+    get_settings.cache_clear()
+    try:
+        assert (ef_for(10), ef_for(200)) == (300, 400)
+        vector = embed_query(corpus, "pressure valve made in Porto")
+        assert len(retrieve(corpus, "", k=10, mode="dense", query_vector=vector).passages) == 10
+    finally:
+        monkeypatch.delenv("PGRAG_HNSW_EF_SEARCH")
+        get_settings.cache_clear()
+
+
 def test_filter_operators(corpus: Collection) -> None:
     def found(*filters: str, mode: str = "dense") -> list[Passage]:
         return retrieve(corpus, "flow meter", k=30, mode=mode, filters=filters).passages
