@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
+import shutil
+import signal
+import tempfile
 from pathlib import Path
 
 import pyarrow as pa
@@ -249,16 +253,51 @@ def test_bad_inputs_are_errors_and_the_rest_goes_on(tmp_path: Path) -> None:
     assert not any("secret" in d.text for d in docs.values())
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_unreadable_file_is_an_error(tmp_path: Path) -> None:
-    write(tmp_path / "ok.txt", "readable")
-    locked = write(tmp_path / "locked.txt", "cannot be read")
-    locked.chmod(0)
+NOBODY = 65534
+
+
+def read_unprivileged(root: Path) -> tuple[list[str], dict[str, str]]:
+    """Document ids and errors of `open_source(root)`, read without root's privilege to read
+    any file: in a forked child that becomes user nobody when the tests run as root."""
+    if os.geteuid() != 0:
+        docs, errors = split(list(open_source(root, max_document_bytes=LIMIT)))
+        return list(docs), errors
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, read, report, exit without running any cleanup
+        status = 1
+        try:
+            os.close(reader)
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            docs, errors = split(list(open_source(root, max_document_bytes=LIMIT)))
+            os.write(writer, json.dumps([list(docs), errors]).encode())
+            status = 0
+        finally:
+            os._exit(status)
+    os.close(writer)
+    with os.fdopen(reader) as pipe:
+        ready, _, _ = select.select([pipe], [], [], 60)
+        report = pipe.read() if ready else ""
+    if not ready:
+        os.kill(pid, signal.SIGKILL)
+    _, status = os.waitpid(pid, 0)
+    assert report and os.waitstatus_to_exitcode(status) == 0, "the unprivileged reader failed"
+    ids, errors = json.loads(report)
+    return ids, errors
+
+
+def test_unreadable_file_is_an_error() -> None:
+    # A folder of its own that user nobody may enter (pytest's tmp_path is root's alone).
+    root = Path(tempfile.mkdtemp(prefix="pgrag-unreadable-"))
     try:
-        docs, errors = split(list(open_source(tmp_path, max_document_bytes=LIMIT)))
+        root.chmod(0o755)
+        write(root / "ok.txt", "readable").chmod(0o644)
+        write(root / "locked.txt", "cannot be read").chmod(0)
+        ids, errors = read_unprivileged(root)
     finally:
-        locked.chmod(0o644)
-    assert list(docs) == ["ok.txt"]
+        shutil.rmtree(root)
+    assert ids == ["ok.txt"]
     assert errors == {"locked.txt": "cannot read file: permission denied"}
 
 
