@@ -10,8 +10,8 @@ The work is split in three steps, each run by a Celery task and each idempotent:
    in one transaction with their status change; documents no longer pending are left
    alone, so a duplicate or redelivered task changes nothing twice.
 3. `finalize_job` (ingest queue), claimed once by whoever sees the last pending document go,
-   deletes missing documents, builds the HNSW index when the collection has none, refreshes
-   the BM25 statistics and marks the job done.
+   deletes missing documents, builds the HNSW index when the collection has none and marks
+   the job done. (The BM25 statistics need no refresh: `lexical.py` keeps them exact.)
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import psycopg
 
-from pgrag import db, indexing, jobs, queue
+from pgrag import db, indexing, jobs, lexical, queue
 from pgrag.collections import create_collection, get_collection, get_collection_by_id
 from pgrag.schema import IngestJob
 from pgrag.settings import get_settings
@@ -267,34 +267,11 @@ def claim_finalize(job_id: int) -> None:
         queue.enqueue(queue.FINALIZE_JOB, job_id)
 
 
-REFRESH_LEXEMES = """
-INSERT INTO pgrag.lexemes (collection_id, lexeme, df)
-SELECT %(c)s, lexeme, count(*) FROM pgrag.postings WHERE collection_id = %(c)s GROUP BY lexeme
-"""
-
-REFRESH_LENGTHS = """
-UPDATE pgrag.collections SET
-    lexical_chunks = s.n, lexical_avg_len = coalesce(s.avg_len, 0)
-FROM (
-    SELECT count(*) AS n, avg(chunk_len) AS avg_len FROM (
-        SELECT DISTINCT ON (chunk_id) chunk_len FROM pgrag.postings WHERE collection_id = %(c)s
-    ) per_chunk
-) s
-WHERE id = %(c)s
-"""
-
-
-def refresh_lexical_stats(conn: psycopg.Connection, collection_id: int) -> None:
-    conn.execute("DELETE FROM pgrag.lexemes WHERE collection_id = %s", (collection_id,))
-    conn.execute(REFRESH_LEXEMES, {"c": collection_id})
-    conn.execute(REFRESH_LENGTHS, {"c": collection_id})
-
-
 FINALIZE_LOCK = 0x70677261  # advisory lock class for finalize steps ("pgra")
 
 
 def finalize_job(job_id: int) -> None:
-    """Step 3: delete missing documents, refresh statistics, build the index if needed."""
+    """Step 3: delete missing documents, build the index if needed."""
     job = jobs.get_job(job_id)
     if job.state != "indexing":
         return
@@ -307,13 +284,17 @@ def finalize_job(job_id: int) -> None:
             return
         with db.connect() as conn:
             if job.options.get("delete_missing"):
-                deleted = conn.execute(
-                    "DELETE FROM pgrag.documents WHERE collection_id = %s"
-                    " AND seen_job_id IS DISTINCT FROM %s",
-                    (collection.id, job_id),
-                ).rowcount
-                jobs.bump(conn, job_id, docs_deleted=deleted)
-            refresh_lexical_stats(conn, collection.id)
+                missing = [
+                    row[0]
+                    for row in conn.execute(
+                        "SELECT id FROM pgrag.documents WHERE collection_id = %s"
+                        " AND seen_job_id IS DISTINCT FROM %s ORDER BY id FOR UPDATE",
+                        (collection.id, job_id),
+                    )
+                ]
+                lexical.delete_chunks(conn, collection.text_config, missing)
+                conn.execute("DELETE FROM pgrag.documents WHERE id = ANY(%s)", (missing,))
+                jobs.bump(conn, job_id, docs_deleted=len(missing))
         indexing.build_index(lock_conn, collection)
         lock_conn.execute("ANALYZE pgrag.chunks")
         lock_conn.execute(

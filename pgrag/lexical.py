@@ -1,74 +1,196 @@
-"""Lexical recall: Okapi BM25 in one SQL statement over the collection's postings.
+"""Lexical recall: a BM25 inverted index in blocks, written by COPY and read in one statement.
 
-Tables (filled by `loading.py` as chunks load, statistics refreshed when a job ends):
+Tables:
 
-    pgrag.postings (collection_id, lexeme, chunk_id, tf, chunk_len)   one row per lexeme and chunk
-    pgrag.lexemes  (collection_id, lexeme, df)                         chunks holding the lexeme
-    pgrag.collections.lexical_chunks (N), .lexical_avg_len (avgdl)
+    pgrag.lexical_blocks (id, collection_id, chunk_ids[], total_len, lexemes[])  one row per block
+    pgrag.postings (collection_id, lexeme, block_id, chunk_ids[], tfs[], chunk_lens[])
 
-The query's lexemes come from `to_tsvector(collection.text_config, query)`, the same
-function that made the postings, so stemming and stop words agree. A chunk matching any
-lexeme scores (OR semantics):
+A block is the chunks of one embed task. The worker analyses them (`analyzer.py`: title and
+chunk text, lower-cased, stemmed, stop words out) and writes one posting row per distinct
+lexeme of the block, its posting list as parallel arrays: about a sixth of the rows of one
+row per (lexeme, chunk), written by binary COPY with no per-row trigger or second index.
+Statistics are sums over the rows, so they are exact at every commit and no job refreshes
+them:
+
+    N     = chunks in the collection's blocks          df(t) = entries of t's posting rows
+    avgdl = total_len summed / N
+
+Deleting chunks (re-ingest, --delete-missing, a failed document) rebuilds the blocks that
+held them from their surviving chunks, under a row lock of each block, in the deleting
+transaction.
+
+A query is analysed the same way. A chunk matching any lexeme scores (OR semantics):
 
     score  = sum over query lexemes t of  qtf(t) * idf(t) * bm25_tf(t)
     idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
     bm25_tf(t) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))
 
-with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query (a
-repeated query word weighs more, as in Anserini's bag-of-words queries). Lexemes loaded since
-the last refresh are missing from pgrag.lexemes: their df is counted from the postings then.
-Before the first refresh (N = 0) N is the largest df seen and avgdl the mean length of the
-matched chunks.
-
-The postings of each query lexeme are read through the primary key's (collection_id, lexeme)
-prefix; the whole posting list of every query lexeme is scored (no early termination), so
-very common lexemes cost their full list.
+with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query. Each
+query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix; the
+whole posting list of every query lexeme is scored (no early termination).
 """
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 
+from pgrag.analyzer import Analyzer, analyzer
 from pgrag.filters import Filter, where_sql
 
 K1 = 0.9
 B = 0.4
 
+COPY_POSTINGS = (
+    "COPY pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)"
+    " FROM STDIN (FORMAT BINARY)"
+)
+COPY_POSTINGS_TYPES = ["int4", "text", "int8", "int8[]", "int4[]", "int4[]"]
+
+STORE_BLOCK = """
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len, lexemes)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (id) DO UPDATE SET
+    chunk_ids = excluded.chunk_ids, total_len = excluded.total_len, lexemes = excluded.lexemes
+"""
+
+
+def analysed_text(title: str | None, text: str) -> str:
+    """What a chunk is indexed by: its document's title, then its text."""
+    return f"{title}\n{text}" if title else text
+
+
+def new_block_id(conn: psycopg.Connection) -> int:
+    row = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
+    return int(row[0])  # type: ignore[index]
+
+
+def store_block(
+    conn: psycopg.Connection,
+    collection_id: int,
+    block_id: int,
+    chunks: Sequence[tuple[int, str]],
+    lexer: Analyzer,
+) -> None:
+    """Write block `block_id` of (chunk id, analysed text) pairs: its posting rows by COPY
+    and its row in lexical_blocks. The block must have no posting rows yet."""
+    lists: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
+    total = 0
+    for chunk_id, text in chunks:
+        counts = lexer.lexemes(text)
+        length = sum(counts.values())
+        total += length
+        for lexeme, tf in counts.items():
+            ids, tfs, lens = lists[lexeme]
+            ids.append(chunk_id)
+            tfs.append(tf)
+            lens.append(length)
+    with conn.cursor().copy(COPY_POSTINGS) as copy:
+        copy.set_types(COPY_POSTINGS_TYPES)
+        for lexeme, (ids, tfs, lens) in lists.items():
+            copy.write_row((collection_id, lexeme, block_id, ids, tfs, lens))
+    conn.execute(STORE_BLOCK, (block_id, collection_id, [c for c, _ in chunks], total, list(lists)))
+
+
+def _rebuild_block(conn: psycopg.Connection, block_id: int, lexer: Analyzer) -> None:
+    """Re-index a block from the chunks of it that still exist (or drop it if none do)."""
+    collection_id, chunk_ids, lexemes = conn.execute(
+        "SELECT collection_id, chunk_ids, lexemes FROM pgrag.lexical_blocks WHERE id = %s",
+        (block_id,),
+    ).fetchone()  # type: ignore[misc]
+    conn.execute(
+        "DELETE FROM pgrag.postings WHERE collection_id = %s AND lexeme = ANY(%s)"
+        " AND block_id = %s",
+        (collection_id, lexemes, block_id),
+    )
+    survivors = conn.execute(
+        "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
+        " JOIN pgrag.documents d ON d.id = c.document_id"
+        " WHERE c.id = ANY(%s) ORDER BY c.id",
+        (chunk_ids,),
+    ).fetchall()
+    if survivors:
+        chunks = [(cid, analysed_text(title, text)) for cid, title, text in survivors]
+        store_block(conn, collection_id, block_id, chunks, lexer)
+    else:
+        conn.execute("DELETE FROM pgrag.lexical_blocks WHERE id = %s", (block_id,))
+
+
+def delete_chunks(conn: psycopg.Connection, text_config: str, document_ids: list[int]) -> None:
+    """Delete the chunks of these documents and take them out of the lexical index.
+
+    The blocks that held them are locked in id order, so two transactions deleting chunks of
+    one block wait for each other and never deadlock.
+    """
+    if not document_ids:
+        return
+    blocks = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM pgrag.lexical_blocks WHERE id IN ("
+            "  SELECT lexical_block FROM pgrag.chunks WHERE document_id = ANY(%s))"
+            " ORDER BY id FOR UPDATE",
+            (document_ids,),
+        )
+    ]
+    conn.execute("DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)", (document_ids,))
+    lexer = analyzer(text_config)
+    for block_id in blocks:
+        _rebuild_block(conn, block_id, lexer)
+
+
+def index_unindexed(conn: psycopg.Connection, block_size: int = 1024) -> None:
+    """Index the chunks that have no lexical block yet (chunks stored before blocks
+    existed), `block_size` chunks to a block."""
+    collections = conn.execute("SELECT id, text_config::text FROM pgrag.collections").fetchall()
+    for collection_id, config in collections:
+        lexer = analyzer(config)
+        while rows := conn.execute(
+            "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
+            " JOIN pgrag.documents d ON d.id = c.document_id"
+            " WHERE c.collection_id = %s AND c.lexical_block IS NULL ORDER BY c.id LIMIT %s",
+            (collection_id, block_size),
+        ).fetchall():
+            block_id = new_block_id(conn)
+            chunks = [(cid, analysed_text(title, text)) for cid, title, text in rows]
+            store_block(conn, collection_id, block_id, chunks, lexer)
+            conn.execute(
+                "UPDATE pgrag.chunks SET lexical_block = %s WHERE id = ANY(%s)",
+                (block_id, [c for c, _ in chunks]),
+            )
+
+
+# ---------------------------------------------------------------------------- BM25
+
 # {join} and {where} are empty, or a join of the chunks and the conditions from
 # filters.where_sql, whose values are all parameters.
 BM25 = """
-WITH col AS (
-    SELECT text_config, lexical_chunks, lexical_avg_len FROM pgrag.collections WHERE id = %(c)s
-), terms AS (
-    SELECT t.lexeme, coalesce(array_length(t.positions, 1), 1) AS qtf
-    FROM col, unnest(to_tsvector(col.text_config, %(query)s)) AS t
-), stats AS MATERIALIZED (  -- once: the df fallback must not run per reference
-    SELECT t.lexeme, t.qtf,
-           coalesce(l.df, (SELECT count(*) FROM pgrag.postings p
-                           WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme)) AS df
+WITH terms AS (
+    SELECT * FROM unnest(%(lexemes)s::text[], %(qtfs)s::int[]) AS t(lexeme, qtf)
+), stats AS (
+    SELECT sum(cardinality(chunk_ids))::float8 AS n,
+           sum(total_len)::float8 / nullif(sum(cardinality(chunk_ids)), 0) AS avgdl
+    FROM pgrag.lexical_blocks WHERE collection_id = %(c)s
+), lists AS MATERIALIZED (  -- read each posting row once
+    SELECT p.lexeme, p.chunk_ids, p.tfs, p.chunk_lens
     FROM terms t
-    LEFT JOIN pgrag.lexemes l ON l.collection_id = %(c)s AND l.lexeme = t.lexeme
+    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
 ), weights AS (
-    SELECT s.lexeme,
-           s.qtf * ln(1 + (greatest(col.lexical_chunks, max(s.df) OVER ())::float8 - s.df + 0.5)
-                          / (s.df + 0.5)) AS idf
-    FROM stats s, col
-), matched AS (
-    SELECT p.chunk_id, p.tf, p.chunk_len, w.idf
-    FROM weights w
-    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = w.lexeme
-), avgdl AS (
-    SELECT coalesce(nullif(col.lexical_avg_len, 0), (SELECT avg(chunk_len) FROM matched), 1) AS v
-    FROM col
+    SELECT l.lexeme, t.qtf * ln(1 + (s.n - l.df + 0.5) / (l.df + 0.5)) AS idf
+    FROM (SELECT lexeme, sum(cardinality(chunk_ids)) AS df FROM lists GROUP BY lexeme) l
+    JOIN terms t USING (lexeme), stats s
 ), scored AS (
-    SELECT m.chunk_id,
-           sum(m.idf * m.tf * (%(k1)s + 1)
-               / (m.tf + %(k1)s * (1 - %(b)s + %(b)s * m.chunk_len / avgdl.v))) AS score
-    FROM matched m, avgdl
-    GROUP BY m.chunk_id
+    SELECT u.chunk_id,
+           sum(w.idf * u.tf * (%(k1)s + 1)
+               / (u.tf + %(k1)s * (1 - %(b)s + %(b)s * u.len / s.avgdl))) AS score
+    FROM lists l
+    JOIN weights w USING (lexeme)
+    CROSS JOIN LATERAL unnest(l.chunk_ids, l.tfs, l.chunk_lens) AS u(chunk_id, tf, len)
+    CROSS JOIN stats s
+    GROUP BY u.chunk_id
 ), top AS (
     SELECT s.chunk_id, s.score FROM scored s {join}
     WHERE true {where}
@@ -93,6 +215,7 @@ def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
 def bm25_recall(
     conn: psycopg.Connection,
     collection_id: int,
+    text_config: str,
     query: str,
     n: int,
     filters: Sequence[Filter] = (),
@@ -101,8 +224,18 @@ def bm25_recall(
     b: float = B,
 ) -> list[tuple[Any, ...]]:
     """The n best chunks for `query` by BM25, best first: rows of (chunk id, document id,
-    external id, title, text, ord, metadata, score). A query with no indexed lexeme (only
-    stop words, say) gives no rows."""
+    external id, title, text, ord, metadata, score). A query with no lexeme (only stop
+    words, say) gives no rows."""
+    terms = analyzer(text_config).lexemes(query)
+    if not terms:
+        return []
     sql, params = bm25_sql(filters)
-    params |= {"c": collection_id, "query": query, "n": n, "k1": k1, "b": b}
+    params |= {
+        "c": collection_id,
+        "lexemes": list(terms),
+        "qtfs": list(terms.values()),
+        "n": n,
+        "k1": k1,
+        "b": b,
+    }
     return conn.execute(sql, params).fetchall()

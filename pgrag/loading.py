@@ -1,7 +1,8 @@
 """Step 2 of an ingest job: chunk, embed and load one batch of documents.
 
-Chunks go in by binary COPY and their BM25 postings are computed in SQL, in the same
-transaction as the documents' status change: they commit together or not at all.
+Chunks go in by binary COPY, and their lexical index as one block of posting rows by a second
+COPY (`lexical.py`), in the same transaction as the documents' status change: they commit
+together or not at all.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgrag import db, jobs
+from pgrag import db, jobs, lexical
+from pgrag.analyzer import analyzer
 from pgrag.chunking import Chunk, chunk_text, embed_input
 from pgrag.collections import get_collection_by_id
 from pgrag.embedding import Embedder, load_embedder
@@ -24,71 +26,75 @@ from pgrag.schema import Collection
 from pgrag.settings import get_settings
 
 COPY_CHUNKS = (
-    "COPY pgrag.chunks (collection_id, document_id, ord, text, start_char, end_char,"
-    " token_count, metadata, embedding) FROM STDIN (FORMAT BINARY)"
+    "COPY pgrag.chunks (id, collection_id, document_id, ord, text, start_char, end_char,"
+    " token_count, metadata, embedding, lexical_block) FROM STDIN (FORMAT BINARY)"
 )
-COPY_TYPES = ["int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"]
-
-# BM25 postings of the given documents' chunks: one row per lexeme with its frequency and
-# the chunk length, from the collection's text search configuration over title + text.
-INSERT_POSTINGS = """
-INSERT INTO pgrag.postings (collection_id, lexeme, chunk_id, tf, chunk_len)
-SELECT c.collection_id, t.lexeme, c.id, t.tf, sum(t.tf) OVER (PARTITION BY c.id)
-FROM pgrag.chunks c
-JOIN pgrag.documents d ON d.id = c.document_id
-JOIN pgrag.collections col ON col.id = c.collection_id
-CROSS JOIN LATERAL (
-    SELECT u.lexeme, coalesce(array_length(u.positions, 1), 1) AS tf
-    FROM unnest(to_tsvector(col.text_config, coalesce(d.title, '') || ' ' || c.text)) AS u
-) AS t
-WHERE c.document_id = ANY(%s)
-"""
+COPY_TYPES = [
+    *("int8", "int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"),
+    "int8",
+]
 
 
 @dataclass(frozen=True)
 class DocumentChunks:
     document_id: int
+    title: str | None
     metadata: dict[str, Any]
     chunks: Sequence[Chunk]
 
 
 def replace_chunks(
     conn: psycopg.Connection,
-    collection_id: int,
+    collection: Collection,
     documents: Sequence[DocumentChunks],
     embeddings: np.ndarray,
 ) -> int:
     """Replace the chunks of `documents` by the given ones; returns the chunk count.
 
     `embeddings` has one row per chunk, in the order of `documents` then `chunks`. Deleting
-    first makes a redelivered task replace its own rows instead of duplicating them.
+    first makes a redelivered task replace its own rows instead of duplicating them. The new
+    chunks form one lexical block; their ids are taken from the sequence before the COPY so
+    that the chunk rows and the block's posting rows can name each other.
     """
-    ids = [d.document_id for d in documents]
-    conn.execute("DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)", (ids,))
-    row = 0
+    count = sum(len(doc.chunks) for doc in documents)
+    if count != len(embeddings):
+        raise ValueError(f"{len(embeddings)} embeddings for {count} chunks")
+    lexical.delete_chunks(conn, collection.text_config, [d.document_id for d in documents])
+    if not count:
+        return 0
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT nextval('pgrag.chunks_id_seq') FROM generate_series(1, %s)", (count,)
+        )
+    ]
+    block_id = lexical.new_block_id(conn)
+    rows = zip(ids, ((d, c) for d in documents for c in d.chunks), embeddings, strict=True)
+    indexed: list[tuple[int, str]] = []
     with conn.cursor().copy(COPY_CHUNKS) as copy:
         copy.set_types(COPY_TYPES)
-        for doc in documents:
-            metadata = Jsonb(doc.metadata)
-            for chunk in doc.chunks:
-                copy.write_row(
-                    (
-                        collection_id,
-                        doc.document_id,
-                        chunk.ord,
-                        chunk.text,
-                        chunk.start,
-                        chunk.end,
-                        chunk.token_count,
-                        metadata,
-                        embeddings[row],
-                    )
+        metadata, last = None, None
+        for chunk_id, (doc, chunk), embedding in rows:
+            if doc is not last:
+                metadata, last = Jsonb(doc.metadata), doc
+            copy.write_row(
+                (
+                    chunk_id,
+                    collection.id,
+                    doc.document_id,
+                    chunk.ord,
+                    chunk.text,
+                    chunk.start,
+                    chunk.end,
+                    chunk.token_count,
+                    metadata,
+                    embedding,
+                    block_id,
                 )
-                row += 1
-    if row != len(embeddings):
-        raise ValueError(f"{len(embeddings)} embeddings for {row} chunks")
-    conn.execute(INSERT_POSTINGS, (ids,))
-    return row
+            )
+            indexed.append((chunk_id, lexical.analysed_text(doc.title, chunk.text)))
+    lexical.store_block(conn, collection.id, block_id, indexed, analyzer(collection.text_config))
+    return count
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
             if not chunks:
                 errors.append((doc, "no text to embed"))
                 continue
-            loads.append(DocumentChunks(doc.id, doc.metadata, chunks))
+            loads.append(DocumentChunks(doc.id, doc.title, doc.metadata, chunks))
             inputs.extend(embed_inputs(collection, embedder, doc.title, chunks))
         embeddings = embedder.encode(inputs)
 
@@ -174,7 +180,7 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
             rows = [r for i in keep for r in range(offsets[i], offsets[i + 1])]
             loads, embeddings = [loads[i] for i in keep], embeddings[rows]
         errors = [(doc, reason) for doc, reason in errors if doc.id in locked]
-        chunk_count = replace_chunks(conn, collection.id, loads, embeddings)
+        chunk_count = replace_chunks(conn, collection, loads, embeddings)
         conn.cursor().executemany(
             "UPDATE pgrag.documents SET status = 'embedded', chunk_count = %s, updated_at = now()"
             " WHERE id = %s",
@@ -186,10 +192,7 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
                 " WHERE id = ANY(%s)",
                 ([doc.id for doc, _ in errors],),
             )
-            conn.execute(
-                "DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)",
-                ([doc.id for doc, _ in errors],),
-            )
+            lexical.delete_chunks(conn, collection.text_config, [doc.id for doc, _ in errors])
         failed = jobs.record_errors(
             conn, job_id, [(doc.external_id, reason) for doc, reason in errors]
         )

@@ -5,7 +5,7 @@
 - dense: the collection's partial HNSW index (see `indexing.py`), with `hnsw.ef_search` set
   from the number of rows wanted and `hnsw.iterative_scan = relaxed_order`, so that a
   selective metadata filter still gets its rows from the index;
-- lexical: BM25 over the postings tables (`lexical.py`);
+- lexical: BM25 over the lexical index's posting rows (`lexical.py`);
 - hybrid: reciprocal rank fusion (RRF) of the dense and lexical top-N, N = max(k, rerank_top_n);
 - rerank: a cross-encoder rescores the fused top `rerank_top_n` (`rerank.py`).
 
@@ -130,7 +130,7 @@ def lexical_recall(
     filters: Sequence[Filter] = (),
 ) -> list[Passage]:
     """The k best chunks by BM25 (score "lexical")."""
-    rows = bm25_recall(conn, collection.id, query, k, filters)
+    rows = bm25_recall(conn, collection.id, collection.text_config, query, k, filters)
     return [_passage(row, "lexical", float(row[7]), rank) for rank, row in enumerate(rows, 1)]
 
 

@@ -37,8 +37,6 @@ class Collection(Base):
     text_config: Mapped[str] = mapped_column(REGCONFIG, default="english")
     hnsw_m: Mapped[int] = mapped_column(default=16)
     hnsw_ef_construction: Mapped[int] = mapped_column(default=64)
-    lexical_chunks: Mapped[int] = mapped_column(BigInteger, default=0)
-    lexical_avg_len: Mapped[float] = mapped_column(default=0.0)
     created_at: Mapped[datetime] = mapped_column(server_default="now()")
 
     @property
@@ -125,6 +123,7 @@ class Chunk(Base):
     token_count: Mapped[int]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     embedding: Mapped[Any] = mapped_column(Vector())
+    lexical_block: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class IngestError(Base):

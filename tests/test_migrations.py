@@ -12,7 +12,7 @@ What the model comparison cannot or need not judge, and so leaves out (`IGNORED`
 - unique constraints only in the database (documents (collection_id, external_id), chunks
   (document_id, ord), ingest_errors (job_id, ref)): the loaders rely on them through SQL
   (ON CONFLICT), the models do not repeat them;
-- tables without a model: `postings` and `lexemes`, written and read only by SQL (COPY and
+- tables without a model: `postings` and `lexical_blocks`, written and read only by SQL (COPY and
   the BM25 statements);
 Alembic does not compare server defaults here (off by default), CHECK constraints (it never
 does) or views and functions (it does not reflect them). The `vector` columns *are*
@@ -165,7 +165,7 @@ IGNORED = {
     "remove_index": "indexes (btree, partial, per-collection HNSW) are declared by migrations only",
     "remove_constraint": "multi-column UNIQUE constraints are declared by migrations only",
 }
-TABLES_WITHOUT_MODELS = {"postings", "lexemes"}  # SQL-only tables (COPY and BM25 statements)
+TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks"}  # SQL-only tables (COPY and BM25 statements)
 
 
 def schema_differences(url: str) -> list[tuple[Any, ...]]:

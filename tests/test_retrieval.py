@@ -16,16 +16,18 @@ import random
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from pgrag import db, indexing, ingest
+from pgrag.analyzer import Analyzer
 from pgrag.collections import get_collection
 from pgrag.filters import parse_filter, parse_filters
 from pgrag.jobs import get_job
-from pgrag.lexical import K1, B
+from pgrag.lexical import K1, B, analysed_text
 from pgrag.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
 from pgrag.schema import Collection
 
@@ -178,28 +180,27 @@ def ids(passages: list[Passage]) -> list[str]:
 
 
 def brute_force_bm25(collection: Collection, query: str) -> dict[int, float]:
-    """BM25 of every chunk in Python, from the raw postings and the collection's statistics."""
+    """BM25 of every chunk in Python, from the stored chunk texts and titles alone (not from
+    the index)."""
     with db.connect() as conn:
-        terms = conn.execute(
-            "SELECT lexeme, coalesce(array_length(positions, 1), 1)"
-            " FROM unnest(to_tsvector(%s::regconfig, %s))",
-            (collection.text_config, query),
-        ).fetchall()
-        postings = conn.execute(
-            "SELECT lexeme, chunk_id, tf, chunk_len FROM pgrag.postings WHERE collection_id = %s",
+        chunks = conn.execute(
+            "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
+            " JOIN pgrag.documents d ON d.id = c.document_id WHERE c.collection_id = %s",
             (collection.id,),
         ).fetchall()
-        n, avgdl = conn.execute(
-            "SELECT lexical_chunks, lexical_avg_len FROM pgrag.collections WHERE id = %s",
-            (collection.id,),
-        ).fetchone()  # type: ignore[misc]
-    df: dict[str, int] = {}
-    for lexeme, *_ in postings:
-        df[lexeme] = df.get(lexeme, 0) + 1
-    qtf = dict(terms)
+    lexer = Analyzer(collection.text_config)
+    counts = {cid: lexer.lexemes(analysed_text(title, text)) for cid, title, text in chunks}
+    n = len(counts)
+    avgdl = sum(sum(c.values()) for c in counts.values()) / n
+    df: Counter[str] = Counter()
+    for c in counts.values():
+        df.update(c.keys())
+    qtf = lexer.lexemes(query)
     scores: dict[int, float] = {}
-    for lexeme, chunk_id, tf, length in postings:
-        if lexeme in qtf:
+    for chunk_id, c in counts.items():
+        length = sum(c.values())
+        for lexeme in qtf.keys() & c.keys():
+            tf = c[lexeme]
             idf = math.log(1 + (n - df[lexeme] + 0.5) / (df[lexeme] + 0.5))
             part = qtf[lexeme] * idf * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / avgdl))
             scores[chunk_id] = scores.get(chunk_id, 0.0) + part
@@ -226,25 +227,6 @@ def test_bm25_equals_brute_force(corpus: Collection) -> None:
         )
         assert [p.ranks["lexical"] for p in got] == list(range(1, len(got) + 1))
     assert retrieve(corpus, "the and of", mode="lexical").passages == []  # only stop words
-
-
-def test_bm25_scores_lexemes_loaded_since_the_last_refresh(corpus: Collection) -> None:
-    """A lexeme missing from pgrag.lexemes gets its df from the postings."""
-    query = "Vasquez-Thorlaksson field engineers"
-    before = retrieve(corpus, query, k=5, mode="lexical").passages
-    with db.connect() as conn:
-        removed = conn.execute(
-            "DELETE FROM pgrag.lexemes WHERE collection_id = %s AND lexeme = ANY("
-            " SELECT lexeme FROM unnest(to_tsvector(%s::regconfig, %s)))",
-            (corpus.id, corpus.text_config, query),
-        ).rowcount
-        assert removed >= 2
-        after = retrieve(corpus, query, k=5, mode="lexical").passages
-        conn.rollback()  # leave the statistics as they were for the other tests
-    assert [p.chunk_id for p in after] == [p.chunk_id for p in before]
-    np.testing.assert_allclose(
-        [p.scores["lexical"] for p in after], [p.scores["lexical"] for p in before]
-    )
 
 
 # ---------------------------------------------------------------------------- fusion

@@ -1,0 +1,414 @@
+"""The pipeline's ceiling: source to searchable rows with the model's forward pass removed.
+
+    python bench/pipeline.py [--chunks 50000] [--procs 1,2,4] [--queries 200]
+    python bench/pipeline.py --chunks 1000000 --procs 2       # the million-chunk run
+
+The source is a JSONL file of real text: the SciFact corpus (../shared/data/scifact)
+repeated with new ids until it makes `--chunks` chunks. Everything is real (embedded
+PostgreSQL + pgvector and Redis, Celery workers, the model's tokenizer, chunking, binary COPY,
+the lexical index, the HNSW build) except the embedder's forward pass, replaced by
+`bench/bench_embed_worker.py` (deterministic unit vectors at once): what a GPU box sees when
+the model costs nothing.
+
+Stages, each alone in this process: reading the source, chunking (the tokenizer) and writing
+(`loading.replace_chunks`: chunks + lexical block, one transaction per embed task's
+documents). Then end to end through the workers with 1, 2 and 4 embed processes: the job
+from submit to `done`, its load phase (until `indexing`) and its HNSW build, and the CPU
+seconds of PostgreSQL, the embed and ingest workers. Then, on the last collection: search
+latency (dense, lexical, hybrid) and recall@10 of the HNSW index against exact search for
+`--queries` SciFact queries, and a small job that changes 100 documents.
+
+Prints tables and writes JSON (default bench/results/pipeline-<time>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.bench_embed_worker import bench_encode
+from bench.common import (
+    ROOT,
+    CpuMeter,
+    Home,
+    Worker,
+    default_out,
+    exit_on_sigterm,
+    pgrag_home,
+    print_table,
+    rate,
+    write_json,
+)
+
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+
+
+class BenchEmbedWorker(Worker):
+    """The embed worker with the bench embedder (`bench/bench_embed_worker.py`)."""
+
+    def __init__(self, home: Home, concurrency: int) -> None:
+        from pgrag import processes
+
+        argv = processes.worker("embed", concurrency).argv
+        self.name = "embed"
+        self.log = home.path / f"worker-bench-embed-c{concurrency}.log"
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "bench_embed_worker.py"), *argv[3:]],
+                cwd=ROOT,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env={**os.environ, **home.env},
+                start_new_session=True,
+            )
+
+
+def scifact_docs() -> list[dict[str, Any]]:
+    with open(SCIFACT / "corpus.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def write_source(path: Path, docs: list[dict[str, Any]], per_doc: list[int], chunks: int) -> int:
+    """Write SciFact repeated with new ids until `chunks` chunks; returns the documents."""
+    written = total = 0
+    with open(path, "w") as f:
+        for rep in itertools.count():
+            for doc, n in zip(docs, per_doc, strict=True):
+                if total >= chunks:
+                    return written
+                row = {"_id": f"{doc['_id']}-{rep}", "title": doc["title"], "text": doc["text"]}
+                f.write(json.dumps(row) + "\n")
+                written += 1
+                total += n
+    raise AssertionError("unreachable")
+
+
+def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
+    """Reading, chunking and writing, each alone in this process."""
+    from pgrag import db, jobs
+    from pgrag.chunking import chunk_text
+    from pgrag.collections import create_collection
+    from pgrag.embedding import load_embedder
+    from pgrag.ingest import BatchPlan, apply_plan
+    from pgrag.loading import DocumentChunks, embed_inputs, replace_chunks
+    from pgrag.settings import get_settings
+    from pgrag.sources import SourceDocument, open_source
+
+    t = time.perf_counter()
+    docs = [
+        d for d in open_source(source, max_document_bytes=1 << 26) if isinstance(d, SourceDocument)
+    ]
+    read_s = time.perf_counter() - t
+
+    collection = create_collection(collection_name)
+    embedder = load_embedder(collection.model, "cpu")
+    t = time.perf_counter()
+    chunked = [
+        chunk_text(
+            d.text,
+            embedder.tokenizer,
+            chunk_size=collection.chunk_size,
+            overlap=collection.chunk_overlap,
+        )
+        for d in docs
+    ]
+    chunk_s = time.perf_counter() - t
+
+    # The documents' rows as the reader writes them, and each embed task's vectors, first.
+    job = jobs.create_job(collection.id, str(source), {})
+    size = get_settings().ingest_batch_docs
+    tasks = []
+    with db.connect() as conn:
+        for first in range(0, len(docs), size):
+            part, parts = docs[first : first + size], chunked[first : first + size]
+            ids = apply_plan(conn, collection.id, job.id, BatchPlan(load=part))
+            loads = [
+                DocumentChunks(i, d.title, d.metadata, c)
+                for i, d, c in zip(ids, part, parts, strict=True)
+            ]
+            inputs = [
+                x
+                for d, c in zip(part, parts, strict=True)
+                for x in embed_inputs(collection, embedder, d.title, c)
+            ]
+            tasks.append((loads, bench_encode(embedder, inputs)))
+
+    meter = CpuMeter({"postgres": home.postmaster_pid}, {"bench": os.getpid()}).start()
+    for loads, vectors in tasks:
+        with db.connect() as conn:
+            replace_chunks(conn, collection, loads, vectors)
+    cpu = meter.stop()
+    return {
+        "documents": len(docs),
+        "chunks": sum(map(len, chunked)),
+        "read_s": read_s,
+        "chunk_s": chunk_s,
+        "write_s": cpu.wall_s,
+        "write_cpu": cpu.as_dict(),
+    }
+
+
+def wait_done(job_id: int) -> dict[str, float]:
+    """Seconds from now until the job is `indexing` and until it is `done`."""
+    from pgrag.jobs import get_job
+
+    t0 = time.perf_counter()
+    loaded = None
+    while True:
+        job = get_job(job_id)
+        if job.state == "indexing" and loaded is None:
+            loaded = time.perf_counter() - t0
+        if job.finished:
+            if job.state != "done":
+                raise RuntimeError(f"job {job_id} ended {job.state}: {job.error}")
+            total = time.perf_counter() - t0
+            return {"load_s": loaded if loaded is not None else total, "total_s": total}
+        time.sleep(0.05)
+
+
+def end_to_end(home: Home, source: Path, procs: int, collection: str) -> dict[str, Any]:
+    """The job through real workers: ingest (1 process) and bench embed (`procs`)."""
+    from pgrag import ingest
+
+    workers = [Worker(home, "ingest"), BenchEmbedWorker(home, procs)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        meter = CpuMeter(
+            {"postgres": home.postmaster_pid, "embed": workers[1].pid, "ingest": workers[0].pid}
+        ).start()
+        job = ingest.submit(source, collection, create=True)
+        times = wait_done(job.id)
+        cpu = meter.stop()
+    finally:
+        for w in workers:
+            w.stop()
+    from pgrag.jobs import get_job
+
+    done = get_job(job.id)
+    return {
+        "procs": procs,
+        "documents": done.docs_done,
+        "chunks": done.chunks_done,
+        **times,
+        "index_s": times["total_s"] - times["load_s"],
+        "cpu": cpu.as_dict(),
+    }
+
+
+def percentiles(values: list[float]) -> tuple[float, float]:
+    return float(np.percentile(values, 50)), float(np.percentile(values, 95))
+
+
+def search_latency(collection_name: str, queries: list[str]) -> dict[str, Any]:
+    """p50/p95 ms of dense, lexical and hybrid recall, and HNSW recall@10 against exact."""
+    from pgrag import db, indexing
+    from pgrag.collections import get_collection
+    from pgrag.embedding import load_embedder
+    from pgrag.retrieval import dense_params, dense_sql, retrieve
+
+    collection = get_collection(collection_name)
+    embedder = load_embedder(collection.model, "cpu")
+    vectors = bench_encode(embedder, queries)
+    out: dict[str, Any] = {"queries": len(queries)}
+    for mode in ("dense", "lexical", "hybrid"):
+        times = []
+        for q, v in zip(queries, vectors, strict=True):
+            t = time.perf_counter()
+            retrieve(collection, q, k=10, mode=mode, query_vector=v)
+            times.append((time.perf_counter() - t) * 1000)
+        out[mode] = percentiles(times)
+    hits = 0
+    with db.connect() as conn:
+        for v in vectors:
+            with conn.transaction():
+                indexing.set_search_params(conn, 10)
+                ann = {r[0] for r in conn.execute(dense_sql(collection), dense_params(v, 10))}
+            with conn.transaction():
+                conn.execute("SET LOCAL enable_indexscan = off")
+                exact = {r[0] for r in conn.execute(dense_sql(collection), dense_params(v, 10))}
+            hits += len(ann & exact)
+    out["recall@10"] = hits / (10 * len(vectors))
+    return out
+
+
+def small_job(home: Home, source: Path, collection: str, folder: Path) -> dict[str, Any]:
+    """Change 100 documents of the collection's source and ingest them: seconds to done."""
+    from pgrag import ingest
+
+    changed = folder / "changed.jsonl"
+    with open(source) as f, open(changed, "w") as out:
+        for line in itertools.islice(f, 100):
+            row = json.loads(line)
+            out.write(json.dumps({**row, "text": row["text"] + " Revised."}) + "\n")
+    workers = [Worker(home, "ingest"), BenchEmbedWorker(home, 1)]
+    try:
+        for w in workers:
+            w.wait_ready()
+        job = ingest.submit(changed, collection)
+        times = wait_done(job.id)
+    finally:
+        for w in workers:
+            w.stop()
+    return {"documents": 100, **times}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chunks", type=int, default=50_000)
+    parser.add_argument("--procs", default="1,2,4", help="embed processes, comma-separated")
+    parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    procs = [int(p) for p in args.procs.split(",")]
+
+    from pgrag.chunking import chunk_text
+    from pgrag.embedding import load_embedder
+    from pgrag.settings import get_settings
+
+    settings = get_settings()
+    docs = scifact_docs()
+    tokenizer = load_embedder(settings.embed_model, "cpu").tokenizer
+    per_doc = [
+        len(
+            chunk_text(
+                d["text"], tokenizer, chunk_size=settings.chunk_size, overlap=settings.chunk_overlap
+            )
+        )
+        for d in docs
+    ]
+    with open(SCIFACT / "queries.jsonl") as f:
+        queries = [json.loads(line)["text"] for line in f][: args.queries]
+
+    results: dict[str, Any] = {"chunks_asked": args.chunks}
+    with tempfile.TemporaryDirectory(prefix="pgrag-pipeline-") as tmp, pgrag_home() as home:
+        source = Path(tmp) / "source.jsonl"
+        results["source_documents"] = write_source(source, docs, per_doc, args.chunks)
+        print(f"source: {results['source_documents']:,} documents", file=sys.stderr)
+        results["stages"] = stages(home, source, "stages")
+        from pgrag.collections import drop_collection
+
+        drop_collection("stages")
+        runs = []
+        for p in procs:
+            print(f"end to end, {p} embed processes", file=sys.stderr)
+            runs.append(end_to_end(home, source, p, f"e2e{p}"))
+            if p != procs[-1]:
+                drop_collection(f"e2e{p}")
+        results["end_to_end"] = runs
+        last = f"e2e{procs[-1]}"
+        results["sizes"] = sizes(last)
+        results["search"] = search_latency(last, queries)
+        results["small_job"] = small_job(home, source, last, Path(tmp))
+    report(results)
+    path = write_json(args.out or default_out("pipeline"), "pipeline", results)
+    print(f"\nwrote {path}")
+
+
+def sizes(collection_name: str) -> dict[str, Any]:
+    """Bytes on disk of the shared tables and of the collection's HNSW index."""
+    from pgrag import db
+    from pgrag.collections import get_collection
+
+    collection = get_collection(collection_name)
+    names = ["pgrag.chunks", "pgrag.documents", "pgrag.postings", "pgrag.lexical_blocks"]
+    with db.connect() as conn:
+        out = {
+            n: int(conn.execute("SELECT pg_total_relation_size(%s::regclass)", (n,)).fetchone()[0])  # type: ignore[index]
+            for n in names
+        }
+        out["hnsw index"] = int(
+            conn.execute(
+                "SELECT pg_relation_size(%s::regclass)", (f"pgrag.{collection.index_name}",)
+            ).fetchone()[0]  # type: ignore[index]
+        )
+    return out
+
+
+def report(r: dict[str, Any]) -> None:
+    s = r["stages"]
+    pg = s["write_cpu"]["cpu_s"].get("postgres", 0.0)
+    print_table(
+        f"Stages alone ({s['documents']:,} documents, {s['chunks']:,} chunks)",
+        [
+            [
+                "read source",
+                s["read_s"],
+                rate(s["documents"], s["read_s"]),
+                rate(s["chunks"], s["read_s"]),
+                None,
+            ],
+            [
+                "chunk (tokenizer, 1 process)",
+                s["chunk_s"],
+                rate(s["documents"], s["chunk_s"]),
+                rate(s["chunks"], s["chunk_s"]),
+                None,
+            ],
+            [
+                "write (chunks + lexical block)",
+                s["write_s"],
+                rate(s["documents"], s["write_s"]),
+                rate(s["chunks"], s["write_s"]),
+                pg / max(s["write_cpu"]["machine_busy_s"], 1e-9),
+            ],
+        ],
+        ["stage", "seconds", "docs/s", "chunks/s", "PostgreSQL CPU share"],
+    )
+    rows = []
+    for e in r["end_to_end"]:
+        cpu = e["cpu"]["cpu_s"]
+        busy = max(e["cpu"]["machine_busy_s"], 1e-9)
+        rows.append(
+            [
+                f"{e['procs']} embed process(es)",
+                e["total_s"],
+                rate(e["chunks"], e["total_s"]),
+                rate(e["chunks"], e["load_s"]),
+                e["index_s"],
+                cpu.get("postgres", 0.0) / busy,
+                cpu.get("embed", 0.0) / busy,
+                cpu.get("ingest", 0.0) / busy,
+            ]
+        )
+    print_table(
+        "End to end, source to searchable (bench embedder)",
+        rows,
+        [
+            "run",
+            "seconds",
+            "chunks/s",
+            "load chunks/s",
+            "HNSW build s",
+            "PG share",
+            "embed share",
+            "ingest share",
+        ],
+    )
+    q = r["search"]
+    print_table(
+        f"Search on {r['end_to_end'][-1]['chunks']:,} chunks ({q['queries']} queries, k=10)",
+        [[m, *q[m]] for m in ("dense", "lexical", "hybrid")],
+        ["mode", "p50 ms", "p95 ms"],
+    )
+    print(f"HNSW recall@10 against exact search: {q['recall@10']:.3f}")
+    print(f"small job (100 changed documents): {r['small_job']['total_s']:.2f} s to done")
+    print_table("Sizes", [[k, v / 2**20] for k, v in r["sizes"].items()], ["relation", "MiB"])
+
+
+if __name__ == "__main__":
+    main()
