@@ -99,11 +99,11 @@ def write_source(path: Path, docs: list[dict[str, Any]], per_doc: list[int], chu
 def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
     """Reading, chunking and writing, each alone in this process."""
     from pgrag import db, jobs
-    from pgrag.chunking import chunk_text
+    from pgrag.chunking import chunk_texts
     from pgrag.collections import create_collection
     from pgrag.embedding import load_embedder
     from pgrag.ingest import BatchPlan, apply_plan
-    from pgrag.loading import DocumentChunks, embed_inputs, replace_chunks
+    from pgrag.loading import DocumentChunks, chunk_lexemes, embed_inputs, replace_chunks
     from pgrag.settings import get_settings
     from pgrag.sources import SourceDocument, open_source
 
@@ -115,21 +115,20 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
 
     collection = create_collection(collection_name)
     embedder = load_embedder(collection.model, "cpu")
+    size = get_settings().ingest_batch_docs
+    options = {"chunk_size": collection.chunk_size, "overlap": collection.chunk_overlap}
     t = time.perf_counter()
-    chunked = [
-        chunk_text(
-            d.text,
-            embedder.tokenizer,
-            chunk_size=collection.chunk_size,
-            overlap=collection.chunk_overlap,
+    chunked = [  # as an embed task does: one call for the task's documents
+        c
+        for first in range(0, len(docs), size)
+        for c in chunk_texts(
+            [d.text for d in docs[first : first + size]], embedder.tokenizer, **options
         )
-        for d in docs
     ]
     chunk_s = time.perf_counter() - t
 
     # The documents' rows as the reader writes them, and each embed task's vectors, first.
     job = jobs.create_job(collection.id, str(source), {})
-    size = get_settings().ingest_batch_docs
     tasks = []
     with db.connect() as conn:
         for first in range(0, len(docs), size):
@@ -146,17 +145,24 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
             ]
             tasks.append((loads, bench_encode(embedder, inputs)))
 
+    t = time.perf_counter()
+    lexemes = [chunk_lexemes(collection, loads) for loads, _ in tasks]
+    analyse_s = time.perf_counter() - t
+
     meter = CpuMeter({"postgres": home.postmaster_pid}, {"bench": os.getpid()}).start()
-    for loads, vectors in tasks:
+    for (loads, vectors), counts in zip(tasks, lexemes, strict=True):
         with db.connect() as conn:
-            replace_chunks(conn, collection, loads, vectors)
+            replace_chunks(conn, collection, loads, vectors, counts)
     cpu = meter.stop()
     return {
         "documents": len(docs),
         "chunks": sum(map(len, chunked)),
-        "read_s": read_s,
-        "chunk_s": chunk_s,
-        "write_s": cpu.wall_s,
+        "seconds": {
+            "read source": read_s,
+            "chunk (tokenizer)": chunk_s,
+            "lexical analysis": analyse_s,
+            "write (chunks + lexical block)": cpu.wall_s,
+        },
         "write_cpu": cpu.as_dict(),
     }
 
@@ -276,21 +282,20 @@ def main() -> None:
     exit_on_sigterm()
     procs = [int(p) for p in args.procs.split(",")]
 
-    from pgrag.chunking import chunk_text
+    from pgrag.chunking import chunk_texts
     from pgrag.embedding import load_embedder
     from pgrag.settings import get_settings
 
     settings = get_settings()
     docs = scifact_docs()
     tokenizer = load_embedder(settings.embed_model, "cpu").tokenizer
-    per_doc = [
-        len(
-            chunk_text(
-                d["text"], tokenizer, chunk_size=settings.chunk_size, overlap=settings.chunk_overlap
-            )
-        )
-        for d in docs
-    ]
+    chunked = chunk_texts(
+        [d["text"] for d in docs],
+        tokenizer,
+        chunk_size=settings.chunk_size,
+        overlap=settings.chunk_overlap,
+    )
+    per_doc = [len(c) for c in chunked]
     with open(SCIFACT / "queries.jsonl") as f:
         queries = [json.loads(line)["text"] for line in f][: args.queries]
 
@@ -342,33 +347,14 @@ def sizes(collection_name: str) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> None:
     s = r["stages"]
     pg = s["write_cpu"]["cpu_s"].get("postgres", 0.0)
+    busy = max(s["write_cpu"]["machine_busy_s"], 1e-9)
+    n, m = s["documents"], s["chunks"]
     print_table(
-        f"Stages alone ({s['documents']:,} documents, {s['chunks']:,} chunks)",
-        [
-            [
-                "read source",
-                s["read_s"],
-                rate(s["documents"], s["read_s"]),
-                rate(s["chunks"], s["read_s"]),
-                None,
-            ],
-            [
-                "chunk (tokenizer, 1 process)",
-                s["chunk_s"],
-                rate(s["documents"], s["chunk_s"]),
-                rate(s["chunks"], s["chunk_s"]),
-                None,
-            ],
-            [
-                "write (chunks + lexical block)",
-                s["write_s"],
-                rate(s["documents"], s["write_s"]),
-                rate(s["chunks"], s["write_s"]),
-                pg / max(s["write_cpu"]["machine_busy_s"], 1e-9),
-            ],
-        ],
-        ["stage", "seconds", "docs/s", "chunks/s", "PostgreSQL CPU share"],
+        f"Stages alone, one process ({n:,} documents, {m:,} chunks)",
+        [[k, v, rate(n, v), rate(m, v)] for k, v in s["seconds"].items()],
+        ["stage", "seconds", "docs/s", "chunks/s"],
     )
+    print(f"PostgreSQL's share of the machine's CPU while writing: {pg / busy:.2f}")
     rows = []
     for e in r["end_to_end"]:
         cpu = e["cpu"]["cpu_s"]

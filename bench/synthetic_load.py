@@ -6,10 +6,10 @@
 For each size, in a fresh embedded PostgreSQL + pgvector: a collection with minimal document
 rows, then N normalised vectors drawn around random cluster centres are loaded through
 pgrag's own loader path, batch by batch as the embed worker writes them
-(`pgrag.loading.replace_chunks`: DELETE + binary COPY + BM25 postings, then the documents'
+(`pgrag.loading.replace_chunks`: DELETE + binary COPY + lexical block, then the documents'
 status update and the commit, one transaction per `ingest_batch_docs` documents). Chunk texts
-are empty, so the postings statement runs but writes nothing: the figure is the vector
-loader's. Then the collection's HNSW index is built with `pgrag.indexing.build_index` (what
+are empty, so each lexical block has no posting row: the figure is the vector loader's.
+Then the collection's HNSW index is built with `pgrag.indexing.build_index` (what
 `finalize_job` runs), with its progress phases and any pgvector notice (such as the graph
 outgrowing maintenance_work_mem) recorded.
 
@@ -117,7 +117,7 @@ def load(
     """Load `rows` vectors through replace_chunks, one transaction per `batch_docs` docs."""
     from pgrag import db
     from pgrag.chunking import Chunk
-    from pgrag.loading import DocumentChunks, replace_chunks
+    from pgrag.loading import DocumentChunks, chunk_lexemes, mark_embedded, replace_chunks
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((100, int(collection.dim)), dtype=np.float32)
@@ -133,7 +133,7 @@ def load(
         loads = []
         for i, doc_id in enumerate(ids):
             n = min(per_doc, rows - (first + i) * per_doc)
-            loads.append(DocumentChunks(doc_id, {}, template[:n]))
+            loads.append(DocumentChunks(doc_id, None, {}, template[:n]))
         count = sum(len(d.chunks) for d in loads)
         t = time.perf_counter()
         vectors = clustered_vectors(rng, centres, count, spread=0.35)
@@ -142,13 +142,10 @@ def load(
         # As embed_documents: its own connection, replace_chunks, the status update, commit.
         with db.connect() as conn:
             t2 = time.perf_counter()
-            written += replace_chunks(conn, collection.id, loads, vectors)
+            lexemes = chunk_lexemes(collection, loads)  # none: the texts are empty
+            written += replace_chunks(conn, collection, loads, vectors, lexemes)
             t3 = time.perf_counter()
-            conn.cursor().executemany(
-                "UPDATE pgrag.documents SET status = 'embedded', chunk_count = %s,"
-                " updated_at = now() WHERE id = %s",
-                [(len(d.chunks), d.document_id) for d in loads],
-            )
+            mark_embedded(conn, loads)
             t4 = time.perf_counter()
             conn.commit()
             t5 = time.perf_counter()

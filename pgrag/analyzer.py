@@ -58,20 +58,18 @@ class Analyzer:
 
     def lexemes(self, text: str) -> Counter[str]:
         """Each lexeme of `text` with its count (stop words left out)."""
-        words = Counter(_WORD.findall(text.lower()))  # counted in C, then per distinct word
-        new = words.keys() - self._lexeme.keys()
-        if new:
-            if len(self._lexeme) > _CACHE_LIMIT:
-                self._lexeme.clear()
+        words = _WORD.findall(text.lower())
+        known = self._lexeme
+        if new := {w for w in words if w not in known}:
+            if len(known) > _CACHE_LIMIT:
+                known.clear()
                 new = set(words)
             kept = [w for w in new if w not in self._stop]
             stems = self._stem.stemWords(kept) if self._stem else kept
-            self._lexeme.update(zip(kept, stems, strict=True))
-            self._lexeme.update((w, "") for w in new if w in self._stop)
-        counts: Counter[str] = Counter()
-        for word, n in words.items():
-            if lexeme := self._lexeme[word]:
-                counts[lexeme] += n
+            known.update(zip(kept, stems, strict=True))
+            known.update((w, "") for w in new if w in self._stop)
+        counts = Counter(map(known.__getitem__, words))
+        del counts[""]
         return counts
 
 

@@ -9,10 +9,12 @@ so a chunk can always be found again in its document with `doc[start:end]`.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 
 import numpy as np
+from tokenizers import normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 # Where a segment ends. Segments are stripped afterwards, so a boundary only has to mark a
@@ -135,23 +137,84 @@ def chunk_text(
     a 5 MB document takes about 3 s on 2 cores. A document of only whitespace (or of
     nothing the tokenizer keeps) gives [].
     """
+    return chunk_texts([text], tokenizer, chunk_size=chunk_size, overlap=overlap)[0]
+
+
+def chunk_texts(
+    texts: Sequence[str], tokenizer: PreTrainedTokenizerFast, *, chunk_size: int, overlap: int
+) -> list[list[Chunk]]:
+    """`chunk_text` of each text, the texts tokenized together in batched calls: many short
+    documents cost one call of the Rust tokenizer instead of one each.
+
+    With a tokenizer that splits words at whitespace and punctuation before anything else
+    (BERT's), a text is tokenized whole and its tokens are shared out among its segments
+    (a segment boundary is always whitespace or punctuation, so the tokens are the same as
+    the segments' own); other tokenizers get each segment apart, as the chunks are defined.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if not 0 <= overlap < chunk_size:
         raise ValueError(f"overlap must be in [0, chunk_size), got {overlap} for {chunk_size}")
+    spans = [segment_spans(text) for text in texts]
+    whole = _splits_words_first(tokenizer)
+    # What goes to the tokenizer: whole texts where that is safe and not too large (one
+    # call's objects must stay small), else their segments.
+    inputs: list[str] = []
+    pieces: list[int] = []  # inputs of each text
+    for text, text_spans in zip(texts, spans, strict=True):
+        if whole and text_spans and len(text) <= _TOKENIZE_CHARS:
+            inputs.append(text)
+            pieces.append(1)
+        else:
+            inputs.extend(text[s:e] for s, e in text_spans)
+            pieces.append(-len(text_spans))  # negative: one input per segment
+    if not inputs:
+        return [[] for _ in texts]
+    counts, offsets = _token_offsets(tokenizer, inputs)
+    firsts = np.concatenate([[0], np.cumsum(counts)])  # first token of each input
 
-    spans = segment_spans(text)
-    if not spans:
-        return []
-    counts, offsets = _token_offsets(tokenizer, [text[s:e] for s, e in spans])
-    n = len(offsets)
+    chunked: list[list[Chunk]] = []
+    k = 0  # next input
+    for text, text_spans, n_inputs in zip(texts, spans, pieces, strict=True):
+        if not text_spans:
+            chunked.append([])
+            continue
+        starts = np.array([s for s, _ in text_spans], dtype=np.int32)
+        if n_inputs == 1:  # the whole text: count each segment's tokens
+            tokens = offsets[firsts[k] : firsts[k + 1]]
+            seg_counts = np.diff(np.searchsorted(tokens[:, 0], starts), append=len(tokens))
+            tok_start, tok_end = tokens[:, 0], tokens[:, 1]
+            k += 1
+        else:  # one input per segment: offsets are relative to each segment's start
+            m = -n_inputs
+            seg_counts = counts[k : k + m]
+            tokens = offsets[firsts[k] : firsts[k + m]]
+            base = np.repeat(starts, seg_counts)
+            tok_start, tok_end = tokens[:, 0] + base, tokens[:, 1] + base
+            k += m
+        chunked.append(_pack(text, seg_counts, tok_start, tok_end, chunk_size, overlap))
+    return chunked
+
+
+def _splits_words_first(tokenizer: PreTrainedTokenizerFast) -> bool:
+    backend = tokenizer.backend_tokenizer
+    return isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer) and isinstance(
+        backend.normalizer, (normalizers.BertNormalizer, type(None))
+    )
+
+
+def _pack(
+    text: str,
+    counts: np.ndarray,
+    tok_start: np.ndarray,
+    tok_end: np.ndarray,
+    chunk_size: int,
+    overlap: int,
+) -> list[Chunk]:
+    """Chunks of `text` from its tokens' character offsets and its segments' token counts."""
+    n = len(tok_start)
     if n == 0:
         return []
-    # Character offsets of every token in the document.
-    base = np.repeat(np.array([s for s, _ in spans], dtype=np.int32), counts)
-    tok_start = offsets[:, 0] + base
-    tok_end = offsets[:, 1] + base
-    del offsets, base
 
     # Places a chunk may end (or the next one start), best first, as sorted token indices;
     # each array ends with n, the end of the document.

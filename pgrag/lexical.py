@@ -33,7 +33,7 @@ whole posting list of every query lexeme is scored (no early termination).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -44,11 +44,12 @@ from pgrag.filters import Filter, where_sql
 K1 = 0.9
 B = 0.4
 
+# Text format: the lexemes are runs of word characters (no tab, newline or backslash to
+# escape) and the arrays are of integers, so a row is a plain join, much cheaper than
+# psycopg's per-array binary dumping.
 COPY_POSTINGS = (
-    "COPY pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)"
-    " FROM STDIN (FORMAT BINARY)"
+    "COPY pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens) FROM STDIN"
 )
-COPY_POSTINGS_TYPES = ["int4", "text", "int8", "int8[]", "int4[]", "int4[]"]
 
 STORE_BLOCK = """
 INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len, lexemes)
@@ -68,19 +69,23 @@ def new_block_id(conn: psycopg.Connection) -> int:
     return int(row[0])  # type: ignore[index]
 
 
+def _int_array(values: list[int]) -> str:
+    return "{" + ",".join(map(str, values)) + "}"
+
+
 def store_block(
     conn: psycopg.Connection,
     collection_id: int,
     block_id: int,
-    chunks: Sequence[tuple[int, str]],
-    lexer: Analyzer,
+    chunk_ids: Sequence[int],
+    lexemes: Sequence[Mapping[str, int]],
 ) -> None:
-    """Write block `block_id` of (chunk id, analysed text) pairs: its posting rows by COPY
-    and its row in lexical_blocks. The block must have no posting rows yet."""
+    """Write block `block_id`: the chunks `chunk_ids` with their lexeme counts (from
+    `Analyzer.lexemes`). Its posting rows go in by COPY, then its row in lexical_blocks;
+    the block must have no posting rows yet."""
     lists: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
     total = 0
-    for chunk_id, text in chunks:
-        counts = lexer.lexemes(text)
+    for chunk_id, counts in zip(chunk_ids, lexemes, strict=True):
         length = sum(counts.values())
         total += length
         for lexeme, tf in counts.items():
@@ -88,11 +93,15 @@ def store_block(
             ids.append(chunk_id)
             tfs.append(tf)
             lens.append(length)
+    head = f"{int(collection_id)}\t"
+    tail = f"\t{int(block_id)}\t"
+    rows = [
+        f"{head}{lexeme}{tail}{_int_array(ids)}\t{_int_array(tfs)}\t{_int_array(lens)}\n"
+        for lexeme, (ids, tfs, lens) in lists.items()
+    ]
     with conn.cursor().copy(COPY_POSTINGS) as copy:
-        copy.set_types(COPY_POSTINGS_TYPES)
-        for lexeme, (ids, tfs, lens) in lists.items():
-            copy.write_row((collection_id, lexeme, block_id, ids, tfs, lens))
-    conn.execute(STORE_BLOCK, (block_id, collection_id, [c for c, _ in chunks], total, list(lists)))
+        copy.write("".join(rows))
+    conn.execute(STORE_BLOCK, (block_id, collection_id, list(chunk_ids), total, list(lists)))
 
 
 def _rebuild_block(conn: psycopg.Connection, block_id: int, lexer: Analyzer) -> None:
@@ -113,8 +122,8 @@ def _rebuild_block(conn: psycopg.Connection, block_id: int, lexer: Analyzer) -> 
         (chunk_ids,),
     ).fetchall()
     if survivors:
-        chunks = [(cid, analysed_text(title, text)) for cid, title, text in survivors]
-        store_block(conn, collection_id, block_id, chunks, lexer)
+        counts = [lexer.lexemes(analysed_text(title, text)) for _, title, text in survivors]
+        store_block(conn, collection_id, block_id, [row[0] for row in survivors], counts)
     else:
         conn.execute("DELETE FROM pgrag.lexical_blocks WHERE id = %s", (block_id,))
 
@@ -154,12 +163,11 @@ def index_unindexed(conn: psycopg.Connection, block_size: int = 1024) -> None:
             " WHERE c.collection_id = %s AND c.lexical_block IS NULL ORDER BY c.id LIMIT %s",
             (collection_id, block_size),
         ).fetchall():
-            block_id = new_block_id(conn)
-            chunks = [(cid, analysed_text(title, text)) for cid, title, text in rows]
-            store_block(conn, collection_id, block_id, chunks, lexer)
+            block_id, ids = new_block_id(conn), [row[0] for row in rows]
+            counts = [lexer.lexemes(analysed_text(title, text)) for _, title, text in rows]
+            store_block(conn, collection_id, block_id, ids, counts)
             conn.execute(
-                "UPDATE pgrag.chunks SET lexical_block = %s WHERE id = ANY(%s)",
-                (block_id, [c for c, _ in chunks]),
+                "UPDATE pgrag.chunks SET lexical_block = %s WHERE id = ANY(%s)", (block_id, ids)
             )
 
 

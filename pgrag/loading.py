@@ -8,7 +8,9 @@ together or not at all.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +20,7 @@ from psycopg.types.json import Jsonb
 
 from pgrag import db, jobs, lexical
 from pgrag.analyzer import analyzer
-from pgrag.chunking import Chunk, chunk_text, embed_input
+from pgrag.chunking import Chunk, chunk_text, chunk_texts, embed_input
 from pgrag.collections import get_collection_by_id
 from pgrag.embedding import Embedder, load_embedder
 from pgrag.ingest import claim_finalize
@@ -43,22 +45,37 @@ class DocumentChunks:
     chunks: Sequence[Chunk]
 
 
+def chunk_lexemes(
+    collection: Collection, documents: Sequence[DocumentChunks]
+) -> list[Counter[str]]:
+    """The lexeme counts of every chunk (its title and text), in the order of `documents`
+    then `chunks`."""
+    lexer = analyzer(collection.text_config)
+    return [
+        lexer.lexemes(lexical.analysed_text(doc.title, chunk.text))
+        for doc in documents
+        for chunk in doc.chunks
+    ]
+
+
 def replace_chunks(
     conn: psycopg.Connection,
     collection: Collection,
     documents: Sequence[DocumentChunks],
     embeddings: np.ndarray,
+    lexemes: Sequence[Mapping[str, int]],
 ) -> int:
     """Replace the chunks of `documents` by the given ones; returns the chunk count.
 
-    `embeddings` has one row per chunk, in the order of `documents` then `chunks`. Deleting
-    first makes a redelivered task replace its own rows instead of duplicating them. The new
+    `embeddings` and `lexemes` (from `chunk_lexemes`) have one row per chunk, in the order
+    of `documents` then `chunks`. Deleting first makes a redelivered task replace its own
+    rows instead of duplicating them. The new
     chunks form one lexical block; their ids are taken from the sequence before the COPY so
     that the chunk rows and the block's posting rows can name each other.
     """
     count = sum(len(doc.chunks) for doc in documents)
-    if count != len(embeddings):
-        raise ValueError(f"{len(embeddings)} embeddings for {count} chunks")
+    if not count == len(embeddings) == len(lexemes):
+        raise ValueError(f"{len(embeddings)} embeddings, {len(lexemes)} lexemes, {count} chunks")
     lexical.delete_chunks(conn, collection.text_config, [d.document_id for d in documents])
     if not count:
         return 0
@@ -70,7 +87,6 @@ def replace_chunks(
     ]
     block_id = lexical.new_block_id(conn)
     rows = zip(ids, ((d, c) for d in documents for c in d.chunks), embeddings, strict=True)
-    indexed: list[tuple[int, str]] = []
     with conn.cursor().copy(COPY_CHUNKS) as copy:
         copy.set_types(COPY_TYPES)
         metadata, last = None, None
@@ -92,9 +108,17 @@ def replace_chunks(
                     block_id,
                 )
             )
-            indexed.append((chunk_id, lexical.analysed_text(doc.title, chunk.text)))
-    lexical.store_block(conn, collection.id, block_id, indexed, analyzer(collection.text_config))
+    lexical.store_block(conn, collection.id, block_id, ids, lexemes)
     return count
+
+
+def mark_embedded(conn: psycopg.Connection, documents: Sequence[DocumentChunks]) -> None:
+    """Set the documents' status to embedded with their chunk counts, in one statement."""
+    conn.execute(
+        "UPDATE pgrag.documents d SET status = 'embedded', chunk_count = u.n, updated_at = now()"
+        " FROM unnest(%s::bigint[], %s::int[]) AS u(id, n) WHERE d.id = u.id",
+        ([doc.document_id for doc in documents], [len(doc.chunks) for doc in documents]),
+    )
 
 
 @dataclass(frozen=True)
@@ -126,6 +150,24 @@ def embed_inputs(
     return [embed_input(short_title, c.text) for c in chunks]
 
 
+def _chunk_documents(
+    collection: Collection, embedder: Embedder, docs: Sequence[PendingDocument]
+) -> list[list[Chunk] | Exception]:
+    """The chunks of each document, tokenized together; if that fails, one by one, so that
+    one bad document fails alone."""
+    options = {"chunk_size": collection.chunk_size, "overlap": collection.chunk_overlap}
+    try:
+        return list(chunk_texts([d.text for d in docs], embedder.tokenizer, **options))
+    except Exception:  # find the document at fault
+        chunked: list[list[Chunk] | Exception] = []
+    for doc in docs:
+        try:
+            chunked.append(chunk_text(doc.text, embedder.tokenizer, **options))
+        except Exception as e:  # one bad document must not sink the batch
+            chunked.append(e)
+    return chunked
+
+
 def embed_documents(job_id: int, document_ids: list[int]) -> None:
     """Step 2: chunk, embed and load one batch of documents, in one transaction."""
     with db.connect() as conn:
@@ -146,23 +188,20 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
             return
         embedder = load_embedder(collection.model, get_settings().device)
         loads, inputs, errors = [], [], []
-        for doc in docs:
-            try:
-                chunks = chunk_text(
-                    doc.text,
-                    embedder.tokenizer,
-                    chunk_size=collection.chunk_size,
-                    overlap=collection.chunk_overlap,
-                )
-            except Exception as e:  # one bad document must not sink the batch
-                errors.append((doc, f"chunking failed: {e}"))
+        for doc, chunks in zip(docs, _chunk_documents(collection, embedder, docs), strict=True):
+            if isinstance(chunks, Exception):
+                errors.append((doc, f"chunking failed: {chunks}"))
                 continue
             if not chunks:
                 errors.append((doc, "no text to embed"))
                 continue
             loads.append(DocumentChunks(doc.id, doc.title, doc.metadata, chunks))
             inputs.extend(embed_inputs(collection, embedder, doc.title, chunks))
-        embeddings = embedder.encode(inputs)
+        # The lexical analysis (Python) runs while the model embeds (the GIL is free then).
+        with ThreadPoolExecutor(1) as pool:
+            analysing = pool.submit(chunk_lexemes, collection, loads)
+            embeddings = embedder.encode(inputs)
+            lexemes = analysing.result()
 
         # Only documents still pending for this job are written: a duplicate delivery of
         # this task waits on the row locks here and then finds nothing left to do.
@@ -179,13 +218,10 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
             offsets = list(itertools.accumulate((len(d.chunks) for d in loads), initial=0))
             rows = [r for i in keep for r in range(offsets[i], offsets[i + 1])]
             loads, embeddings = [loads[i] for i in keep], embeddings[rows]
+            lexemes = [lexemes[r] for r in rows]
         errors = [(doc, reason) for doc, reason in errors if doc.id in locked]
-        chunk_count = replace_chunks(conn, collection, loads, embeddings)
-        conn.cursor().executemany(
-            "UPDATE pgrag.documents SET status = 'embedded', chunk_count = %s, updated_at = now()"
-            " WHERE id = %s",
-            [(len(load.chunks), load.document_id) for load in loads],
-        )
+        chunk_count = replace_chunks(conn, collection, loads, embeddings, lexemes)
+        mark_embedded(conn, loads)
         if errors:
             conn.execute(
                 "UPDATE pgrag.documents SET status = 'failed', chunk_count = 0, updated_at = now()"

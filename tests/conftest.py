@@ -35,12 +35,17 @@ class Worker:
     """A real `celery worker` process on some queues, which a test may kill."""
 
     def __init__(
-        self, home: Path, queues: str, name: str, env: dict[str, str] | None = None
+        self,
+        home: Path,
+        queues: str,
+        name: str,
+        env: dict[str, str] | None = None,
+        concurrency: int = 1,
     ) -> None:
         from pgrag import processes
 
         self.log = home / f"{name}.log"
-        argv = [*processes.worker(queues, name=name).argv, "--without-heartbeat"]
+        argv = [*processes.worker(queues, concurrency, name=name).argv, "--without-heartbeat"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import re
 from itertools import pairwise
+from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pgrag.chunking import Chunk, chunk_text, embed_input, segment_spans
+from pgrag.chunking import Chunk, chunk_text, chunk_texts, embed_input, segment_spans
 from pgrag.models import resolve_model
 from pgrag.settings import DEFAULT_EMBED_MODEL
 
@@ -220,3 +222,24 @@ def test_embed_input() -> None:
     assert embed_input("Title", "body") == "Title\nbody"
     assert embed_input(None, "body") == "body"
     assert embed_input("  ", "body") == "body"
+
+
+def test_batched_chunking_gives_the_chunks_of_the_segment_by_segment_chunker(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    """tests/data/chunks-golden.json holds the chunks that the segment-by-segment chunker
+    (before texts were tokenized whole and in batches) made of prose, the sample corpus and
+    random texts with CJK, accents, control characters, long words and odd spacing."""
+    golden = json.loads((Path(__file__).parent / "data" / "chunks-golden.json").read_text())
+    texts = golden["texts"]
+    for setting, expected in golden["chunks"].items():
+        size, overlap = map(int, setting.split("/"))
+        got = chunk_texts(texts, tokenizer, chunk_size=size, overlap=overlap)
+        for text, chunks, want in zip(texts, got, expected, strict=True):
+            assert [[c.start, c.end, c.token_count] for c in chunks] == want, (setting, text[:80])
+            assert [c.text for c in chunks] == [text[s:e] for s, e, _ in want]
+            assert [c.ord for c in chunks] == list(range(len(want)))
+        # One text at a time, the same chunks.
+        assert [
+            chunk_text(t, tokenizer, chunk_size=size, overlap=overlap) for t in texts[:5]
+        ] == got[:5]

@@ -1,0 +1,158 @@
+"""The lexical index stays exact: after re-ingests, deletes and failures, and with four embed
+processes writing to one collection at once, its posting rows equal an index built from
+scratch out of the stored chunks, and the job counters equal the stored rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgrag import db, ingest
+from pgrag.analyzer import Analyzer
+from pgrag.collections import get_collection
+from pgrag.lexical import analysed_text
+from pgrag.retrieval import retrieve
+from pgrag.schema import Collection
+
+pytestmark = pytest.mark.slow
+
+WORDS = [
+    "river",
+    "valve",
+    "pump",
+    "sensor",
+    "meter",
+    "gear",
+    "motor",
+    "table",
+    "index",
+    "query",
+    "vector",
+    "light",
+    "water",
+]
+
+
+def assert_lexical_index_exact(collection: Collection) -> None:
+    """Posting rows, blocks and statistics equal what the stored chunks give from scratch."""
+    with db.connect() as conn:
+        chunks = conn.execute(
+            "SELECT c.id, d.title, c.text, c.lexical_block FROM pgrag.chunks c"
+            " JOIN pgrag.documents d ON d.id = c.document_id WHERE c.collection_id = %s",
+            (collection.id,),
+        ).fetchall()
+        postings = conn.execute(
+            "SELECT lexeme, chunk_id, tf, chunk_len FROM pgrag.lexical_postings"
+            " WHERE collection_id = %s",
+            (collection.id,),
+        ).fetchall()
+        blocks = conn.execute(
+            "SELECT id, unnest(chunk_ids) FROM pgrag.lexical_blocks WHERE collection_id = %s",
+            (collection.id,),
+        ).fetchall()
+        stats = conn.execute(
+            "SELECT chunks, avg_len FROM pgrag.lexical_stats WHERE collection_id = %s",
+            (collection.id,),
+        ).fetchone()
+    lexer = Analyzer(collection.text_config)
+    expected = set()
+    total = 0
+    for chunk_id, title, text, _ in chunks:
+        counts = lexer.lexemes(analysed_text(title, text))
+        length = sum(counts.values())
+        total += length
+        expected |= {(lexeme, chunk_id, tf, length) for lexeme, tf in counts.items()}
+    assert len(postings) == len(set(postings)), "a (lexeme, chunk) posting is stored twice"
+    assert set(postings) == expected
+    # Every chunk is in exactly one block: the one its row names.
+    assert sorted((b, c) for b, c in blocks) == sorted((blk, cid) for cid, _, _, blk in chunks)
+    assert stats is not None and stats[0] == len(chunks)
+    assert stats[1] == pytest.approx(total / len(chunks))
+
+
+def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def doc(i: int, version: int = 0) -> dict[str, str]:
+    words = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12))
+    return {"id": f"d{i}", "title": f"Sheet {i}", "text": f"Part {i} v{version}: {words}."}
+
+
+def test_reingest_deletes_and_failures_keep_the_index_exact(
+    worker: object, tmp_path: Path, collection_name: str, wait_job: Callable
+) -> None:
+    rows = [doc(i) for i in range(300)]
+    first = wait_job(
+        ingest.submit(write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True).id
+    )
+    assert (first.state, first.docs_done) == ("done", 300)
+    collection = get_collection(collection_name)
+    assert_lexical_index_exact(collection)
+
+    # Every fifth document changes, every seventh is gone, one turns into nothing to embed:
+    # blocks lose some of their chunks and must be rebuilt from the rest.
+    changed = [doc(i, 1) if i % 5 == 0 else r for i, r in enumerate(rows) if i % 7]
+    changed[1] = {"id": changed[1]["id"], "text": " "}
+    second = wait_job(
+        ingest.submit(
+            write_jsonl(tmp_path / "b.jsonl", changed), collection_name, delete_missing=True
+        ).id
+    )
+    assert second.state == "done"
+    assert second.docs_deleted == len(rows) - len(changed)
+    assert second.docs_failed == 1
+    assert_lexical_index_exact(collection)
+    top = retrieve(collection, "Part 10 v1", k=1, mode="lexical").passages[0]
+    assert top.external_id == "d10"
+
+
+def test_four_embed_processes_on_one_collection_stay_exact(
+    own_broker: None, tmp_path: Path, collection_name: str, wait_job: Callable
+) -> None:
+    """Four embed processes load and re-load one collection at once, in small batches whose
+    blocks they share: no deadlock, no lost counter update, an exact lexical index."""
+    from tests.conftest import Worker
+
+    home = Path(os.environ["PGRAG_HOME"])
+    env = {"PGRAG_INGEST_BATCH_DOCS": "8"}
+    workers = [
+        Worker(home, "ingest", "lex-ingest", env),
+        Worker(home, "embed", "lex-embed", env, concurrency=4),
+    ]
+    try:
+        rows = [doc(i) for i in range(400)]
+        first = wait_job(
+            ingest.submit(write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True).id
+        )
+        changed = [doc(i, 1) if i % 3 == 0 else r for i, r in enumerate(rows) if i % 11]
+        second = wait_job(
+            ingest.submit(
+                write_jsonl(tmp_path / "b.jsonl", changed), collection_name, delete_missing=True
+            ).id
+        )
+    finally:
+        for w in workers:
+            w.stop()
+    logs = "".join(w.log.read_text() for w in workers)
+    assert "deadlock" not in logs.lower()
+    assert (first.state, first.docs_done) == ("done", 400)
+    assert (second.state, second.docs_done) == (
+        "done",
+        sum(1 for i in range(400) if i % 3 == 0 and i % 11),
+    )
+    collection = get_collection(collection_name)
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT count(*) FROM pgrag.chunks WHERE collection_id = %s", (collection.id,)
+        ).fetchone()
+    assert stored is not None and stored[0] == len(changed)
+    assert first.chunks_done == 400
+    assert_lexical_index_exact(collection)
+    top = retrieve(collection, "Part 3 v1", k=1, mode="lexical").passages
+    assert [p.external_id for p in top] == ["d3"]
