@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from itertools import chain
 
 import numpy as np
-from tokenizers import normalizers, pre_tokenizers
+from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 # Where a segment ends. Segments are stripped afterwards, so a boundary only has to mark a
@@ -143,64 +144,88 @@ def chunk_text(
 def chunk_texts(
     texts: Sequence[str], tokenizer: PreTrainedTokenizerFast, *, chunk_size: int, overlap: int
 ) -> list[list[Chunk]]:
-    """`chunk_text` of each text, the texts tokenized together in batched calls: many short
-    documents cost one call of the Rust tokenizer instead of one each.
+    """`chunk_text` of each text.
 
     With a tokenizer that splits words at whitespace and punctuation before anything else
-    (BERT's), a text is tokenized whole and its tokens are shared out among its segments
-    (a segment boundary is always whitespace or punctuation, so the tokens are the same as
-    the segments' own); other tokenizers get each segment apart, as the chunks are defined.
+    (BERT's WordPiece), a text's tokens are those of its space-separated runs, each of
+    which is tokenized once per process and remembered (`_RunTokenizer`): a corpus repeats
+    its words, so most documents cost no tokenizer call at all. The tokens are then shared
+    out among the text's segments (a segment boundary is always a space or a punctuation
+    mark, so they are the segments' own tokens). Other tokenizers get each segment apart,
+    as the chunks are defined.
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     if not 0 <= overlap < chunk_size:
         raise ValueError(f"overlap must be in [0, chunk_size), got {overlap} for {chunk_size}")
-    spans = [segment_spans(text) for text in texts]
-    whole = _splits_words_first(tokenizer)
-    # What goes to the tokenizer: whole texts where that is safe and not too large (one
-    # call's objects must stay small), else their segments.
-    inputs: list[str] = []
-    pieces: list[int] = []  # inputs of each text
-    for text, text_spans in zip(texts, spans, strict=True):
-        if whole and text_spans and len(text) <= _TOKENIZE_CHARS:
-            inputs.append(text)
-            pieces.append(1)
-        else:
-            inputs.extend(text[s:e] for s, e in text_spans)
-            pieces.append(-len(text_spans))  # negative: one input per segment
-    if not inputs:
-        return [[] for _ in texts]
-    counts, offsets = _token_offsets(tokenizer, inputs)
-    firsts = np.concatenate([[0], np.cumsum(counts)])  # first token of each input
-
+    runs = _run_tokenizer(tokenizer)
     chunked: list[list[Chunk]] = []
-    k = 0  # next input
-    for text, text_spans, n_inputs in zip(texts, spans, pieces, strict=True):
-        if not text_spans:
+    for text in texts:
+        spans = segment_spans(text)
+        if not spans:
             chunked.append([])
             continue
-        starts = np.array([s for s, _ in text_spans], dtype=np.int32)
-        if n_inputs == 1:  # the whole text: count each segment's tokens
-            tokens = offsets[firsts[k] : firsts[k + 1]]
-            seg_counts = np.diff(np.searchsorted(tokens[:, 0], starts), append=len(tokens))
+        starts = np.array([s for s, _ in spans], dtype=np.int32)
+        if runs is not None:
+            tokens = runs.offsets(text)
+            counts = np.diff(np.searchsorted(tokens[:, 0], starts), append=len(tokens))
             tok_start, tok_end = tokens[:, 0], tokens[:, 1]
-            k += 1
-        else:  # one input per segment: offsets are relative to each segment's start
-            m = -n_inputs
-            seg_counts = counts[k : k + m]
-            tokens = offsets[firsts[k] : firsts[k + m]]
-            base = np.repeat(starts, seg_counts)
+        else:  # offsets relative to each segment's start
+            counts, tokens = _token_offsets(tokenizer, [text[s:e] for s, e in spans])
+            base = np.repeat(starts, counts)
             tok_start, tok_end = tokens[:, 0] + base, tokens[:, 1] + base
-            k += m
-        chunked.append(_pack(text, seg_counts, tok_start, tok_end, chunk_size, overlap))
+        chunked.append(_pack(text, counts, tok_start, tok_end, chunk_size, overlap))
     return chunked
 
 
-def _splits_words_first(tokenizer: PreTrainedTokenizerFast) -> bool:
+# The characters that BERT's normalizer turns into a space or its pre-tokenizer splits on:
+# no token spans them, so the text between them can be tokenized apart. (Control characters
+# such as \x0b or \x1c are not among them: the normalizer deletes them, joining their sides.)
+_RUN = re.compile(r"([^ \t\n\r\u00a0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+)")
+_RUN_CACHE_LIMIT = 500_000  # distinct runs remembered per tokenizer
+_RUN_BATCH = 10_000  # new runs per tokenizer call
+
+
+class _RunTokenizer:
+    """Token offsets of a text from the tokens of its runs, each run tokenized once."""
+
+    def __init__(self, backend: Tokenizer) -> None:
+        self.backend = Tokenizer.from_str(backend.to_str())  # a copy without truncation
+        self.backend.no_truncation()
+        self.backend.no_padding()
+        self.known: dict[str, np.ndarray] = {}  # run -> (tokens, 2) offsets within the run
+
+    def offsets(self, text: str) -> np.ndarray:
+        """(start, end) character offsets of every token of `text`, int32, one row each."""
+        # [space, run, space, run, ..., space]: the runs and, from the lengths, their starts.
+        parts = _RUN.split(text)
+        runs = parts[1::2]
+        if new := list(set(runs).difference(self.known)):
+            if len(self.known) + len(new) > _RUN_CACHE_LIMIT:
+                self.known.clear()
+                new = list(set(runs))
+            for first in range(0, len(new), _RUN_BATCH):
+                batch = new[first : first + _RUN_BATCH]
+                encoded = self.backend.encode_batch(batch, add_special_tokens=False)
+                for run, e in zip(batch, encoded, strict=True):
+                    self.known[run] = np.array(e.offsets, dtype=np.int32).reshape(-1, 2)
+        if not runs:
+            return np.zeros((0, 2), dtype=np.int32)
+        pieces = [self.known[r] for r in runs]
+        counts = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
+        starts = ends[0::2][:-1].astype(np.int32)  # each run starts where a space part ends
+        return np.concatenate(pieces) + np.repeat(starts, counts)[:, None]
+
+
+@cache
+def _run_tokenizer(tokenizer: PreTrainedTokenizerFast) -> _RunTokenizer | None:
+    """The run tokenizer of `tokenizer` when its tokens never span a space, else None."""
     backend = tokenizer.backend_tokenizer
-    return isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer) and isinstance(
-        backend.normalizer, (normalizers.BertNormalizer, type(None))
-    )
+    splits_first = isinstance(backend.pre_tokenizer, pre_tokenizers.BertPreTokenizer)
+    if splits_first and isinstance(backend.normalizer, (normalizers.BertNormalizer, type(None))):
+        return _RunTokenizer(backend)
+    return None
 
 
 def _pack(

@@ -95,17 +95,14 @@ def test_reingest_deletes_and_failures_keep_the_index_exact(
     collection = get_collection(collection_name)
     assert_lexical_index_exact(collection)
 
-    # Every fifth document changes, every seventh is gone, one turns into nothing to embed:
-    # blocks lose some of their chunks and must be rebuilt from the rest.
+    # Every fifth document changes and every seventh is gone, so blocks lose some of their
+    # chunks and must be rebuilt from the rest; a bad new entry fails alone.
     changed = [doc(i, 1) if i % 5 == 0 else r for i, r in enumerate(rows) if i % 7]
-    changed[1] = {"id": changed[1]["id"], "text": " "}
-    second = wait_job(
-        ingest.submit(
-            write_jsonl(tmp_path / "b.jsonl", changed), collection_name, delete_missing=True
-        ).id
-    )
+    source = write_jsonl(tmp_path / "b.jsonl", [*changed, {"id": "bad", "text": " "}])
+    second = wait_job(ingest.submit(source, collection_name, delete_missing=True).id)
     assert second.state == "done"
     assert second.docs_deleted == len(rows) - len(changed)
+    assert second.docs_done == sum(1 for i in range(300) if i % 5 == 0 and i % 7)
     assert second.docs_failed == 1
     assert_lexical_index_exact(collection)
     top = retrieve(collection, "Part 10 v1", k=1, mode="lexical").passages[0]

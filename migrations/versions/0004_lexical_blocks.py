@@ -63,6 +63,11 @@ CREATE VIEW pgrag.lexical_postings AS
 SELECT p.collection_id, p.lexeme, u.chunk_id, u.tf, u.chunk_len
 FROM pgrag.postings p, unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, chunk_len);
 COMMENT ON VIEW pgrag.lexical_postings IS 'The BM25 inverted index one (lexeme, chunk) per row; filter on collection_id and lexeme.';
+COMMENT ON COLUMN pgrag.lexical_postings.collection_id IS 'Collection of the chunk.';
+COMMENT ON COLUMN pgrag.lexical_postings.lexeme IS 'Normalised lexeme.';
+COMMENT ON COLUMN pgrag.lexical_postings.chunk_id IS 'Chunk containing the lexeme.';
+COMMENT ON COLUMN pgrag.lexical_postings.tf IS 'Occurrences of the lexeme in the chunk.';
+COMMENT ON COLUMN pgrag.lexical_postings.chunk_len IS 'Lexeme occurrences in the whole chunk (BM25 document length).';
 
 CREATE VIEW pgrag.lexical_stats AS
 SELECT collection_id,
@@ -71,6 +76,10 @@ SELECT collection_id,
        count(*) AS blocks
 FROM pgrag.lexical_blocks GROUP BY collection_id;
 COMMENT ON VIEW pgrag.lexical_stats IS 'BM25 statistics per collection: N (chunks), avgdl (avg_len), and the number of blocks.';
+COMMENT ON COLUMN pgrag.lexical_stats.collection_id IS 'Collection.';
+COMMENT ON COLUMN pgrag.lexical_stats.chunks IS 'BM25 N: chunks in the lexical index.';
+COMMENT ON COLUMN pgrag.lexical_stats.avg_len IS 'BM25 avgdl: mean lexeme occurrences per chunk.';
+COMMENT ON COLUMN pgrag.lexical_stats.blocks IS 'Blocks (embed tasks) the index is made of.';
 
 GRANT SELECT ON pgrag.lexical_blocks, pgrag.postings, pgrag.lexical_postings, pgrag.lexical_stats
     TO pgrag_reader;
