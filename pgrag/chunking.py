@@ -1,8 +1,9 @@
 """Token-based chunking: cut a document into spans that fit the embedding model.
 
 A document is split into segments at line breaks and sentence ends, the segments are
-tokenized in batched calls of the model's fast tokenizer, and whole segments are packed
-greedily into chunks of at most `chunk_size` tokens. Chunks are spans of the original text,
+tokenized with the model's fast tokenizer (for BERT's WordPiece, from a per-process memory
+of every space-separated run already seen: see `_RunTokenizer`), and whole segments are
+packed greedily into chunks of at most `chunk_size` tokens. Chunks are spans of the original text,
 so a chunk can always be found again in its document with `doc[start:end]`.
 """
 
