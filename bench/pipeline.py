@@ -128,12 +128,13 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
     chunk_s = time.perf_counter() - t
 
     # The documents' rows as the reader writes them, and each embed task's vectors, first.
-    job = jobs.create_job(collection.id, str(source), {})
+    with db.connect() as conn:
+        job_id = jobs.insert_job(conn, collection.id, str(source), {})
     tasks = []
     with db.connect() as conn:
         for first in range(0, len(docs), size):
             part, parts = docs[first : first + size], chunked[first : first + size]
-            ids = apply_plan(conn, collection.id, job.id, BatchPlan(load=part))
+            ids = apply_plan(conn, collection.id, job_id, BatchPlan(load=part))
             loads = [
                 DocumentChunks(i, d.title, d.metadata, c)
                 for i, d, c in zip(ids, part, parts, strict=True)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from psycopg.types.json import Jsonb
 
-from pgrag import db, indexing, queue, streaming
+from pgrag import db, indexing, queue, streaming, work
 from pgrag.collections import get_collection
 from pgrag.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.generation.extractive import content_words
@@ -96,7 +96,7 @@ def submit(
     assert row is not None
     query_id: uuid.UUID = row[0]
     streaming.publish(query_id, "status", {"state": "queued", "id": str(query_id)})
-    queue.enqueue(queue.ANSWER_QUESTION, str(query_id))
+    work.submit(queue.ANSWER_QUESTION, [str(query_id)])
     return query_id
 
 

@@ -76,6 +76,37 @@ def up(workers: bool, api_port: int | None) -> None:
 
 
 @main.command()
+def status() -> None:
+    """Say which services and workers are alive, and what work is in flight."""
+    import redis
+
+    from pgrag import db, processes, services, work
+
+    settings = get_settings()
+    try:
+        with db.connect() as conn:
+            in_flight = work.in_flight(conn)
+        click.echo(f"postgres  up    {services.database_url()}")
+    except Exception as e:
+        in_flight = None
+        click.echo(f"postgres  DOWN  {type(e).__name__}: {e}".strip())
+    try:
+        redis.Redis.from_url(services.redis_url(), socket_timeout=2).ping()
+        click.echo(f"redis     up    {services.redis_url()}")
+    except Exception as e:
+        click.echo(f"redis     DOWN  {type(e).__name__}: {e}".strip())
+    alive = processes.running(settings)
+    for proc in processes.default_processes(settings, None):
+        pid = alive.get(proc.name)
+        click.echo(f"{proc.name:<14}" + (f"alive (pid {pid})" if pid else "not running: pgrag up"))
+    for name in sorted(set(alive) - {p.name for p in processes.default_processes(settings, None)}):
+        click.echo(f"{name:<14}alive (pid {alive[name]})")
+    for owner, count, age in in_flight or []:
+        state = "live lease" if age < settings.lease_s else "lease EXPIRED (recovering)"
+        click.echo(f"work      {count} running on {owner}: {state}, last beat {age:.0f} s ago")
+
+
+@main.command()
 def down() -> None:
     """Stop the workers and the embedded PostgreSQL and Redis."""
     from pgrag import processes, services
@@ -209,7 +240,7 @@ def _rate(job: Any) -> str:
 
 
 def show_job(job_id: int) -> None:
-    from pgrag.jobs import get_job, job_errors
+    from pgrag.jobs import get_job, job_errors, job_recoveries
 
     job = get_job(job_id)
     click.echo(
@@ -221,6 +252,9 @@ def show_job(job_id: int) -> None:
     )
     if job.error:
         click.echo(f"  error: {job.error}")
+    recovered, why = job_recoveries(job_id)
+    if recovered:
+        click.echo(f"  recovered: {recovered} unit(s) of work sent again; last: {why}")
     errors = job_errors(job_id, limit=50)
     for e in errors:
         click.echo(f"  ! {e.ref}: {e.reason}")

@@ -26,7 +26,7 @@ from typing import TypeVar
 
 import psycopg
 
-from pgrag import db, indexing, jobs, lexical, queue
+from pgrag import db, indexing, jobs, lexical, queue, work
 from pgrag.collections import create_collection, get_collection, get_collection_by_id
 from pgrag.schema import IngestJob
 from pgrag.settings import get_settings
@@ -64,9 +64,13 @@ def submit(
         if not create:
             raise
         target = create_collection(collection)
-    job = jobs.create_job(target.id, str(path), {"delete_missing": delete_missing})
-    queue.enqueue(queue.INGEST_SOURCE, job.id)
-    return job
+    # The job and its first unit of work commit together: PostgreSQL never holds a job
+    # that nothing will run.
+    with db.connect() as conn:
+        job_id = jobs.insert_job(conn, target.id, str(path), {"delete_missing": delete_missing})
+        work_id = work.add(conn, queue.INGEST_SOURCE, [job_id], job_id)
+    work.send(work_id, queue.INGEST_SOURCE, [job_id])
+    return jobs.get_job(job_id)
 
 
 # ---------------------------------------------------------------------------- step 1: read
@@ -187,14 +191,6 @@ def apply_plan(
     return pending
 
 
-def _pending_ids(conn: psycopg.Connection, job_id: int) -> list[int]:
-    rows = conn.execute(
-        "SELECT id FROM pgrag.documents WHERE job_id = %s AND status = 'pending' ORDER BY id",
-        (job_id,),
-    )
-    return [r[0] for r in rows]
-
-
 def read_source(job_id: int) -> None:
     """Step 1: stream the source into `documents` and fan out embed tasks."""
     job = jobs.get_job(job_id)
@@ -217,13 +213,9 @@ def read_source(job_id: int) -> None:
         conn.commit()
         if started is None:
             return
-        resume_at = int(started[0])
-        if resume_at:
-            # A previous delivery died after loading part of the source: resume after its last
-            # checkpoint, and requeue its pending documents (a duplicate embed task is a no-op).
-            for ids in _batched(_pending_ids(conn, job_id), settings.ingest_batch_docs):
-                queue.enqueue(queue.EMBED_DOCUMENTS, job_id, ids)
-        entries = itertools.islice(source, resume_at, None)
+        # A previous delivery that died resumes after its last checkpoint; the embed work it
+        # had queued is in pgrag.work, which the sweeper sends again if its message is lost.
+        entries = itertools.islice(source, int(started[0]), None)
         for batch in _batched(entries, settings.ingest_batch_docs):
             if jobs.job_state(conn, job_id) != "running":
                 return  # cancelled
@@ -237,9 +229,11 @@ def read_source(job_id: int) -> None:
                 docs_skipped=len(plan.unchanged),
                 docs_failed=failed,
             )
+            args = [job_id, pending]
+            work_id = work.add(conn, queue.EMBED_DOCUMENTS, args, job_id) if pending else None
             conn.commit()
-            if pending:
-                queue.enqueue(queue.EMBED_DOCUMENTS, job_id, pending)
+            if work_id is not None:
+                work.send(work_id, queue.EMBED_DOCUMENTS, args)
         conn.execute(
             "UPDATE pgrag.ingest_jobs SET source_done = true, docs_total = docs_read,"
             " updated_at = now()"
@@ -263,8 +257,9 @@ def claim_finalize(job_id: int) -> None:
             " RETURNING id",
             (job_id, job_id),
         ).fetchone()
-    if claimed:
-        queue.enqueue(queue.FINALIZE_JOB, job_id)
+        work_id = work.add(conn, queue.FINALIZE_JOB, [job_id], job_id) if claimed else None
+    if work_id is not None:
+        work.send(work_id, queue.FINALIZE_JOB, [job_id])
 
 
 FINALIZE_LOCK = 0x70677261  # advisory lock class for finalize steps ("pgra")

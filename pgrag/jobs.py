@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 from sqlalchemy import select
 
 from pgrag import db
@@ -21,12 +22,16 @@ class UnknownJob(LookupError):
         super().__init__(f"ingest job {job_id} does not exist (see `pgrag jobs`)")
 
 
-def create_job(collection_id: int, source: str, options: dict[str, Any]) -> IngestJob:
-    job = IngestJob(collection_id=collection_id, source=source, options=options)
-    with db.session() as s:
-        s.add(job)
-        s.commit()
-    return job
+def insert_job(
+    conn: psycopg.Connection, collection_id: int, source: str, options: dict[str, Any]
+) -> int:
+    """Insert a queued job in the caller's transaction; returns its id."""
+    row = conn.execute(
+        "INSERT INTO pgrag.ingest_jobs (collection_id, source, options) VALUES (%s, %s, %s)"
+        " RETURNING id",
+        (collection_id, source, Jsonb(options)),
+    ).fetchone()
+    return int(row[0])  # type: ignore[index]
 
 
 def get_job(job_id: int) -> IngestJob:
@@ -46,6 +51,15 @@ def job_errors(job_id: int, limit: int | None = None) -> list[IngestError]:
     with db.session() as s:
         query = select(IngestError).where(IngestError.job_id == job_id).order_by(IngestError.id)
         return list(s.scalars(query.limit(limit)))
+
+
+def job_recoveries(job_id: int) -> tuple[int, str | None]:
+    """Units of the job's work that the sweeper sent again, and why it last did."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT recovered, last_recovery FROM pgrag.job_progress WHERE job_id = %s", (job_id,)
+        ).fetchone()
+    return (int(row[0]), row[1]) if row else (0, None)
 
 
 def cancel_job(job_id: int) -> IngestJob:

@@ -58,5 +58,18 @@ def _client() -> Celery:
     return make_celery()
 
 
-def enqueue(task: str, *args: Any) -> None:
-    _client().send_task(task, args=args, queue=QUEUES[task])
+def enqueue(task: str, *args: Any, work_id: int) -> None:
+    """Send `task` with its arguments and its row in `pgrag.work` (see `pgrag.work.send`)."""
+    _client().send_task(task, args=args, kwargs={"work_id": work_id}, queue=QUEUES[task])
+
+
+# kombu's Redis transport keeps a queue as a list per priority step: the name, then the name
+# with "\x06\x16" and the step (its default steps are 0, 3, 6 and 9).
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+
+
+def queue_length(name: str) -> int:
+    """Messages waiting in a broker queue (not those delivered and not yet acknowledged)."""
+    with _client().connection_for_write() as conn:
+        client = conn.default_channel.client
+        return sum(int(client.llen(name + suffix)) for suffix in _PRIORITY_SUFFIXES)

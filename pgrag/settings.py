@@ -58,7 +58,14 @@ class Settings:
     # (about 2 GB for a million 384-d vectors). Parallel builds take it as shared memory.
     index_build_memory: str = "4GB"
 
-    # Celery.
+    # Recovery (pgrag/work.py): a running task renews its lease every lease_s / 3 seconds;
+    # work whose lease is older than lease_s, or queued for lost_after_s with no message in
+    # its broker queue, is sent again by the sweeper, which runs every sweep_s seconds.
+    lease_s: float = 15.0
+    lost_after_s: float = 30.0
+    sweep_s: float = 5.0
+
+    # Celery. The visibility timeout is a last backstop: the sweeper recovers work sooner.
     visibility_timeout_s: int = 3600
 
     @property

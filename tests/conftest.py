@@ -112,6 +112,24 @@ def worker(services: Path) -> Iterator[Worker]:
     w.stop()
 
 
+@pytest.fixture(scope="module")
+def kb(worker: Worker) -> str:
+    """The sample corpus, ingested once per test module that asks for it."""
+    import uuid
+
+    from pgrag import ingest
+    from pgrag.jobs import get_job
+
+    name = f"answers_{uuid.uuid4().hex[:8]}"
+    job_id = ingest.submit(EXAMPLES / "corpus", name, create=True).id
+    deadline = time.monotonic() + 600
+    while not (job := get_job(job_id)).finished:
+        assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
+        time.sleep(0.2)
+    assert job.state == "done", job.error
+    return name
+
+
 _names = itertools.count()
 
 

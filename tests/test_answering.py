@@ -8,38 +8,21 @@ import os
 import re
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-from pgrag import answering, ingest, jobs
+from pgrag import answering, db, jobs
 from pgrag.client import Event, ask, follow
 from pgrag.collections import create_collection
-from tests.conftest import ANSWERED, EXAMPLES, QUESTIONS, ROOT, Worker
+from tests.conftest import ANSWERED, QUESTIONS, ROOT, Worker
 from tests.openai_server import OpenAIServer, free_port
 
 pytestmark = pytest.mark.slow
 
 FAILED = re.compile(r"^(status )+error$")
 GENERATION_FAILED = re.compile(r"^(status )+passages status error$")  # after retrieval
-
-
-def wait_for_job(job_id: int, timeout: float = 600) -> None:
-    deadline = time.monotonic() + timeout
-    while not (job := jobs.get_job(job_id)).finished:
-        assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
-        time.sleep(0.2)
-    assert job.state == "done", job.error
-
-
-@pytest.fixture(scope="module")
-def kb(worker: Worker) -> str:
-    """The sample corpus, ingested once for this module."""
-    name = f"answers_{uuid.uuid4().hex[:8]}"
-    wait_for_job(ingest.submit(EXAMPLES / "corpus", name, create=True).id)
-    return name
 
 
 def kinds(events: list[Event]) -> str:
@@ -105,7 +88,8 @@ def test_bad_questions_end_with_a_clear_error_and_the_worker_goes_on(
     kb: str, worker: Worker
 ) -> None:
     ingesting = create_collection(f"ingesting_{uuid.uuid4().hex[:8]}")
-    job = jobs.create_job(ingesting.id, "/data/dump.jsonl", {})  # its first job, still queued
+    with db.connect() as conn:  # its first job, still queued
+        job_id = jobs.insert_job(conn, ingesting.id, "/data/dump.jsonl", {})
     cases = [
         (dict(question="", collection=kb), "the question is empty"),
         (dict(question="  \n ", collection=kb), "the question is empty"),
@@ -116,7 +100,7 @@ def test_bad_questions_end_with_a_clear_error_and_the_worker_goes_on(
         ),
         (
             dict(question="hi", collection=ingesting.name),
-            f"has no search index yet: its ingest job {job.id} is still queued",
+            f"has no search index yet: its ingest job {job_id} is still queued",
         ),
         (dict(question="hi", collection=kb, filters=["lang"]), "lang"),
         (dict(question="hi", collection=kb, generator="gpt"), "unknown generator 'gpt'"),
@@ -132,14 +116,14 @@ def test_bad_questions_end_with_a_clear_error_and_the_worker_goes_on(
             assert (row.state, row.error, row.answer) == ("failed", events[-1].data["reason"], None)
             assert worker.proc.poll() is None
 
-        jobs.cancel_job(job.id)
+        jobs.cancel_job(job_id)
         events = list(ask("hi", ingesting.name))
         assert "it has no documents" in events[-1].data["reason"]
 
         question, document = QUESTIONS[5]
         check_answered(list(ask(question, kb, generator="extractive")), document)
     finally:
-        jobs.cancel_job(job.id)
+        jobs.cancel_job(job_id)
 
 
 def test_fifty_questions_at_once_each_get_their_own_answer(kb: str) -> None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 
-from celery.signals import celeryd_after_setup, worker_process_init
+from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
 from pgrag.queue import make_celery
 
@@ -35,3 +36,20 @@ def _warm_up(**_: Any) -> None:
         embedder = load_embedder(settings.embed_model, settings.device)
         if embedder.device == "cpu":
             share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))
+
+
+_sweeping = threading.Event()
+
+
+@worker_ready.connect
+def _start_sweeper(**_: Any) -> None:
+    """Every worker's main process sweeps for lost work (`pgrag.work`); PostgreSQL lets one
+    of them act at a time."""
+    from pgrag import work
+
+    threading.Thread(target=work.run_sweeper, args=(_sweeping,), daemon=True).start()
+
+
+@worker_shutdown.connect
+def _stop_sweeper(**_: Any) -> None:
+    _sweeping.set()

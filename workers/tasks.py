@@ -1,7 +1,9 @@
-"""Celery tasks: thin wrappers that call `pgrag` and record failures on the job.
+"""Celery tasks: thin wrappers that hold their work's lease, call `pgrag` and record
+failures on the job.
 
-Every task is idempotent (see `pgrag.ingest`): with late acknowledgement a task whose worker
-died is delivered again, and running it twice changes nothing twice.
+Every task is idempotent (see `pgrag.ingest`) and leased in PostgreSQL (`pgrag.work`): a
+second delivery of running or finished work does nothing, and the sweeper sends work again
+when its worker died or its message was lost.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import psycopg
 import redis
 from celery import Task
 
-from pgrag import answering, ingest, jobs, loading, queue
+from pgrag import answering, ingest, jobs, loading, queue, work
 from workers.app import app
 
 # Lost connections are retried; anything else is a real failure and ends the job.
@@ -31,23 +33,31 @@ class JobTask(Task):
 
 
 @app.task(name=queue.INGEST_SOURCE, base=JobTask)
-def ingest_source(job_id: int) -> None:
-    ingest.read_source(job_id)
+def ingest_source(job_id: int, work_id: int | None = None) -> None:
+    with work.lease(work_id) as mine:
+        if mine:
+            ingest.read_source(job_id)
 
 
 @app.task(name=queue.EMBED_DOCUMENTS, base=JobTask)
-def embed_documents(job_id: int, document_ids: list[int]) -> None:
-    loading.embed_documents(job_id, document_ids)
+def embed_documents(job_id: int, document_ids: list[int], work_id: int | None = None) -> None:
+    with work.lease(work_id) as mine:
+        if mine:
+            loading.embed_documents(job_id, document_ids)
 
 
 @app.task(name=queue.FINALIZE_JOB, base=JobTask)
-def finalize_job(job_id: int) -> None:
-    ingest.finalize_job(job_id)
+def finalize_job(job_id: int, work_id: int | None = None) -> None:
+    with work.lease(work_id) as mine:
+        if mine:
+            ingest.finalize_job(job_id)
 
 
 # Answering records its own outcome (a failed question ends with an `error` event), so this
 # task never fails for a bad question and is not retried: a redelivered one is skipped once
 # its question is answered.
 @app.task(name=queue.ANSWER_QUESTION)
-def answer_question(query_id: str) -> None:
-    answering.answer(query_id)
+def answer_question(query_id: str, work_id: int | None = None) -> None:
+    with work.lease(work_id) as mine:
+        if mine:
+            answering.answer(query_id)

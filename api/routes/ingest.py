@@ -46,6 +46,10 @@ class Job(BaseModel):
         description="Chunks stored per second since the job started (null before it starts)"
     )
     error: str | None
+    recovered: int = Field(
+        0, description="Units of work sent again after a lost worker or a lost message"
+    )
+    last_recovery: str | None = Field(None, description="Why work was last sent again")
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -60,6 +64,7 @@ ERRORS_SHOWN = 100
 
 def _job(job: IngestJob, with_errors: bool = True) -> Job:
     out = Job.model_validate(job, from_attributes=True)
+    out.recovered, out.last_recovery = jobs.job_recoveries(job.id)
     if with_errors:
         out.errors = [
             JobError(ref=e.ref, reason=e.reason) for e in jobs.job_errors(job.id, ERRORS_SHOWN)

@@ -1,0 +1,173 @@
+"""What a fault costs a job: seconds from the fault to `done`, beyond the undisturbed time.
+
+    python bench/recovery.py [--chunks 3000] [--seed 0]
+
+One job of SciFact text (about `--chunks` chunks) runs through real workers (the bench
+embedder of `bench/bench_embed_worker.py`, so the figure is recovery, not the model), first
+undisturbed, then once per fault at a random point of its load phase:
+
+- embed: SIGKILL of the embed worker's process group, a new one started at once;
+- ingest: SIGKILL of the ingest worker (the reader) mid-read, a new one started at once;
+- broker: the broker's Redis database flushed (every message lost);
+- postgres: the PostgreSQL server restarted (fast shutdown, start).
+
+Reported per fault: seconds from the fault to `done`, the extra time over the undisturbed
+run's remaining time, the work recovered (and why), and the chunk and duplicate counts. The
+broker's visibility timeout stays at its default (an hour): only pgrag's sweeper recovers.
+Goal: every recovery adds at most the lease (PGRAG_LEASE_S, 15 s) plus the lost batch's work.
+
+Prints a table and writes JSON (default bench/results/recovery-<time>.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    Home,
+    Worker,
+    default_out,
+    exit_on_sigterm,
+    pgrag_home,
+    print_table,
+    write_json,
+)
+from bench.pipeline import SCIFACT, BenchEmbedWorker, scifact_docs, write_source
+
+FAULTS = ("none", "embed", "ingest", "broker", "postgres")
+
+
+def restart_postgres(home: Home) -> None:
+    from pgrag import services
+    from pgrag.settings import get_settings
+
+    pid = home.postmaster_pid
+    assert pid is not None
+    os.kill(pid, signal.SIGINT)  # fast shutdown: connections are cut
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    services.start_postgres(get_settings())
+
+
+def counts(collection: str) -> dict[str, int]:
+    from pgrag import db
+    from pgrag.collections import get_collection
+
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*), count(*) - count(DISTINCT (document_id, ord)) FROM pgrag.chunks"
+            " WHERE collection_id = %s",
+            (get_collection(collection).id,),
+        ).fetchone()
+    assert row is not None
+    return {"chunks": int(row[0]), "duplicates": int(row[1])}
+
+
+def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dict[str, Any]:
+    """The job with `fault` injected `at` (0-1) of the way through its documents."""
+    from pgrag import ingest, jobs, queue
+
+    reader, embedder = Worker(home, "ingest"), BenchEmbedWorker(home, 1)
+    workers = [reader, embedder]
+    try:
+        for w in workers:
+            w.wait_ready()
+        t0 = time.perf_counter()
+        job = ingest.submit(source, collection, create=True)
+        total = source.read_text().count("\n")
+        fault_t = None
+        while not (state := jobs.get_job(job.id)).finished:
+            if fault_t is None and fault != "none" and state.docs_processed >= at * total:
+                fault_t = time.perf_counter()
+                if fault == "embed":
+                    os.killpg(embedder.pid, signal.SIGKILL)
+                    workers.append(BenchEmbedWorker(home, 1))
+                elif fault == "ingest":
+                    os.killpg(reader.pid, signal.SIGKILL)
+                    workers.append(Worker(home, "ingest"))
+                elif fault == "broker":
+                    with queue._client().connection_for_write() as conn:
+                        conn.default_channel.client.flushdb()
+                elif fault == "postgres":
+                    restart_postgres(home)
+            time.sleep(0.05)
+        end = time.perf_counter()
+    finally:
+        for w in workers:
+            w.stop()
+    done = jobs.get_job(job.id)
+    recovered, why = jobs.job_recoveries(job.id)
+    return {
+        "fault": fault,
+        "state": done.state,
+        "total_s": end - t0,
+        "fault_at_s": None if fault_t is None else fault_t - t0,
+        "after_fault_s": None if fault_t is None else end - fault_t,
+        "documents": done.docs_done,
+        "recovered": recovered,
+        "last_recovery": why,
+        **counts(collection),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--chunks", type=int, default=3000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    exit_on_sigterm()
+    rng = random.Random(args.seed)
+    docs = scifact_docs()
+    results: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory() as tmp, pgrag_home() as home:
+        source = Path(tmp) / "source.jsonl"
+        # SciFact abstracts make about 1.2 chunks each at the default chunk size.
+        write_source(source, docs, [1] * len(docs), int(args.chunks / 1.2))
+        for i, fault in enumerate(FAULTS):
+            print(f"job with fault: {fault}", file=sys.stderr)
+            results.append(run(home, source, fault, rng.uniform(0.2, 0.7), f"rec{i}"))
+    base = results[0]
+    rows = []
+    for r in results:
+        extra = None
+        if r["fault_at_s"] is not None:
+            extra = r["total_s"] - base["total_s"]
+        rows.append(
+            [
+                r["fault"],
+                r["state"],
+                r["total_s"],
+                r["after_fault_s"],
+                extra,
+                r["chunks"],
+                r["duplicates"],
+                r["recovered"],
+                r["last_recovery"] or "",
+            ]
+        )
+    print_table(
+        f"Recovery ({SCIFACT.name} text, {base['chunks']:,} chunks a job)",
+        rows,
+        ["fault", "state", "job s", "fault->done s", "extra s", "chunks", "dups", "recov", "why"],
+    )
+    path = write_json(args.out or default_out("recovery"), "recovery", {"runs": results})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Recovery in seconds: the ledger in PostgreSQL (`pgrag.work`) heals a killed worker and a
+wiped broker, with the broker's own visibility timeout (an hour) out of the way.
+
+Each test has a Redis database of its own and its own workers, with short leases."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from pgrag import answering, db, ingest, jobs, queue
+from pgrag.client import follow
+from pgrag.collections import create_collection
+from pgrag.schema import IngestJob
+from tests.conftest import QUESTIONS, Worker
+
+pytestmark = pytest.mark.slow
+
+# Leases of 6 s and a sweep every second; the broker would wait an hour.
+ENV = {
+    "PGRAG_LEASE_S": "6",
+    "PGRAG_LOST_AFTER_S": "6",
+    "PGRAG_SWEEP_S": "1",
+    "PGRAG_VISIBILITY_TIMEOUT_S": "3600",
+    "PGRAG_INGEST_BATCH_DOCS": "50",
+}
+
+
+def write_source(path: Path, n: int) -> Path:
+    words = [
+        "river",
+        "valve",
+        "pump",
+        "sensor",
+        "meter",
+        "gear",
+        "motor",
+        "table",
+        "index",
+        "query",
+        "vector",
+        "light",
+    ]
+    rows = (
+        {"id": f"n{i}", "text": " ".join(words[(i + k) % len(words)] for k in range(60)) + f" {i}."}
+        for i in range(n)
+    )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def running_embed_work(job_id: int) -> bool:
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pgrag.work WHERE job_id = %s AND task = %s AND state = 'running'",
+            (job_id, queue.EMBED_DOCUMENTS),
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def assert_exact(job_id: int, n: int) -> IngestJob:
+    done = jobs.get_job(job_id)
+    assert (done.state, done.error) == ("done", None)
+    assert (done.docs_read, done.docs_done, done.docs_failed) == (n, n, 0)
+    with db.connect() as conn:
+        chunks, distinct = conn.execute(
+            "SELECT count(*), count(DISTINCT (document_id, ord)) FROM pgrag.chunks"
+            " WHERE collection_id = %s",
+            (done.collection_id,),
+        ).fetchone()  # type: ignore[misc]
+    assert chunks == distinct == done.chunks_done == n  # one chunk each, none twice
+    return done
+
+
+def recoveries(job_id: int) -> set[str]:
+    """Why the sweeper sent the job's work again (the kind of each last reason)."""
+    with db.connect() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT split_part(last_recovery, ':', 1) FROM pgrag.work"
+            " WHERE job_id = %s AND recovered > 0",
+            (job_id,),
+        ).fetchall()
+    return {r[0] for r in rows}
+
+
+@pytest.mark.parametrize("survivor", [False, True], ids=["restarted", "survivor"])
+def test_killed_embed_worker_costs_a_lease_not_an_hour(
+    own_broker: None, tmp_path: Path, collection_name: str, survivor: bool
+) -> None:
+    """SIGKILL of an embed worker's whole process group in the middle of a batch: the batch
+    is taken over by a new worker, or by a second one that was running all along."""
+    n = 600
+    source = write_source(tmp_path / "notes.jsonl", n)
+    create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    reader = Worker(home, "ingest", "rec-ingest", ENV)
+    doomed = Worker(home, "embed", "rec-doomed", ENV)
+    others = [Worker(home, "embed", "rec-survivor", ENV)] if survivor else []
+    try:
+        job = ingest.submit(source, collection_name)
+        wait_until(lambda: running_embed_work(job.id), 120, "an embed batch in flight")
+        doomed.kill()
+        killed = time.monotonic()
+        if not survivor:
+            others.append(Worker(home, "embed", "rec-new", ENV))
+        wait_until(lambda: jobs.get_job(job.id).finished, 240, "the job to end")
+        took = time.monotonic() - killed
+    finally:
+        for w in [reader, doomed, *others]:
+            w.stop()
+    assert_exact(job.id, n)
+    assert "lease expired" in recoveries(job.id)
+    assert jobs.job_recoveries(job.id)[0] >= 1  # shown with the job
+    assert took < 120, f"{took:.0f} s from the kill to done"
+
+
+def test_broker_wiped_mid_job_ends_done_and_exact(
+    own_broker: None, tmp_path: Path, collection_name: str
+) -> None:
+    """The broker loses every message (its Redis database flushed) while the job runs: the
+    sweeper finds the work that PostgreSQL still has queued and sends it again."""
+    n = 1000
+    source = write_source(tmp_path / "notes.jsonl", n)
+    create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    workers = [Worker(home, "ingest", "wipe-ingest", ENV), Worker(home, "embed", "wipe-embed", ENV)]
+    try:
+        job = ingest.submit(source, collection_name)
+        wait_until(lambda: jobs.get_job(job.id).source_done, 120, "the source to be read")
+        with queue._client().connection_for_write() as conn:
+            conn.default_channel.client.flushdb()
+        assert jobs.get_job(job.id).docs_done < n, "every batch was done before the wipe"
+        wait_until(lambda: jobs.get_job(job.id).finished, 240, "the job to end")
+    finally:
+        for w in workers:
+            w.stop()
+    assert_exact(job.id, n)
+    assert "message lost" in recoveries(job.id)
+
+
+def test_killed_query_worker_hands_its_question_to_another(kb: str, own_broker: None) -> None:
+    """A query worker SIGKILLed while it answers (its LLM endpoint accepts and never replies):
+    another worker answers the question from the start, and the reader is told to drop the
+    pieces it had."""
+    home = Path(os.environ["PGRAG_HOME"])
+    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        stalled = {
+            **ENV,
+            "PGRAG_GENERATOR": "openai",
+            "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+            "PGRAG_GENERATE_TIMEOUT_S": "600",
+        }
+        doomed = Worker(home, "query", "rec-query-doomed", stalled)
+        question, document = QUESTIONS[0]
+        query_id = answering.submit(question, kb)
+        events = follow(query_id)
+        seen = [next(events)]
+        while not (seen[-1].type == "status" and seen[-1].data.get("state") == "generating"):
+            seen.append(next(events))
+        doomed.kill()
+        killed = time.monotonic()
+        other = Worker(home, "query", "rec-query-other", {**ENV, "PGRAG_GENERATOR": "extractive"})
+        try:
+            seen.extend(events)
+        finally:
+            other.stop()
+    took = time.monotonic() - killed
+    kinds = [e.type for e in seen]
+    assert kinds[-1] == "done", kinds
+    assert any(e.type == "status" and e.data.get("state") == "restarted" for e in seen)
+    assert seen[-1].data["citations"][0]["external_id"] == document
+    assert took < 60, f"{took:.0f} s from the kill to the answer"
