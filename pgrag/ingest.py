@@ -272,10 +272,14 @@ def finalize_job(job_id: int) -> None:
         return
     collection = get_collection_by_id(job.collection_id)
     with db.connect(autocommit=True) as lock_conn:
-        # An index build can outlast the broker's visibility timeout and be delivered again
-        # while it runs: the second delivery leaves the work to the first.
-        locked = lock_conn.execute("SELECT pg_try_advisory_lock(%s, %s)", (FINALIZE_LOCK, job_id))
-        if not locked.fetchone()[0]:  # type: ignore[index]
+        # If this worker dies mid-build, its server process notices within seconds and
+        # aborts the build (CONCURRENTLY leaves an invalid index, which the next try drops)
+        # instead of building on for nobody while holding the lock below.
+        lock_conn.execute("SET client_connection_check_interval = '2s'")
+        # A second delivery of this step waits for the first (or for its dead process to
+        # let go), then does what is left.
+        lock_conn.execute("SELECT pg_advisory_lock(%s, %s)", (FINALIZE_LOCK, job_id))
+        if jobs.job_state(lock_conn, job_id) != "indexing":
             return
         with db.connect() as conn:
             if job.options.get("delete_missing"):

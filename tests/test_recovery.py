@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pgrag import answering, db, ingest, jobs, queue
+from pgrag import answering, db, indexing, ingest, jobs, queue
 from pgrag.client import follow
-from pgrag.collections import create_collection
+from pgrag.collections import create_collection, get_collection
 from pgrag.schema import IngestJob
 from tests.conftest import QUESTIONS, Worker
 
@@ -185,3 +185,40 @@ def test_killed_query_worker_hands_its_question_to_another(kb: str, own_broker: 
     assert any(e.type == "status" and e.data.get("state") == "restarted" for e in seen)
     assert seen[-1].data["citations"][0]["external_id"] == document
     assert took < 60, f"{took:.0f} s from the kill to the answer"
+
+
+def test_ingest_worker_killed_mid_index_build(
+    own_broker: None, tmp_path: Path, collection_name: str
+) -> None:
+    """The worker building a collection's first HNSW index dies: the server aborts the
+    orphaned build, and the finalize step, sent again, drops the invalid index and builds it."""
+    n = 2000
+    source = write_source(tmp_path / "notes.jsonl", n)
+    collection = create_collection(collection_name)
+    with db.connect() as conn:  # a slow build, to be caught in the middle
+        conn.execute(
+            "UPDATE pgrag.collections SET hnsw_m = 48, hnsw_ef_construction = 800 WHERE id = %s",
+            (collection.id,),
+        )
+    home = Path(os.environ["PGRAG_HOME"])
+    doomed = Worker(home, "ingest", "build-doomed", ENV)
+    workers = [doomed, Worker(home, "embed", "build-embed", ENV)]
+
+    def building() -> bool:
+        with db.connect() as conn:
+            row = conn.execute("SELECT count(*) FROM pg_stat_progress_create_index").fetchone()
+        return bool(row and row[0])
+
+    try:
+        job = ingest.submit(source, collection_name)
+        wait_until(building, 240, "the index build")
+        doomed.kill()
+        workers.append(Worker(home, "ingest", "build-new", ENV))
+        wait_until(lambda: jobs.get_job(job.id).finished, 300, "the job to end")
+    finally:
+        for w in workers:
+            w.stop()
+    assert_exact(job.id, n)
+    with db.connect() as conn:
+        assert indexing.index_state(conn, get_collection(collection_name)) == "valid"
+    assert "lease expired" in recoveries(job.id)
