@@ -278,6 +278,9 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=50_000)
     parser.add_argument("--procs", default="1,2,4", help="embed processes, comma-separated")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument(
+        "--no-stages", action="store_true", help="skip the stages measured alone (big runs)"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -305,10 +308,11 @@ def main() -> None:
         source = Path(tmp) / "source.jsonl"
         results["source_documents"] = write_source(source, docs, per_doc, args.chunks)
         print(f"source: {results['source_documents']:,} documents", file=sys.stderr)
-        results["stages"] = stages(home, source, "stages")
         from pgrag.collections import drop_collection
 
-        drop_collection("stages")
+        if not args.no_stages:
+            results["stages"] = stages(home, source, "stages")
+            drop_collection("stages")
         runs = []
         for p in procs:
             print(f"end to end, {p} embed processes", file=sys.stderr)
@@ -346,7 +350,12 @@ def sizes(collection_name: str) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> None:
-    s = r["stages"]
+    if "stages" in r:
+        report_stages(r["stages"])
+    report_runs(r)
+
+
+def report_stages(s: dict[str, Any]) -> None:
     pg = s["write_cpu"]["cpu_s"].get("postgres", 0.0)
     busy = max(s["write_cpu"]["machine_busy_s"], 1e-9)
     n, m = s["documents"], s["chunks"]
@@ -356,6 +365,9 @@ def report(r: dict[str, Any]) -> None:
         ["stage", "seconds", "docs/s", "chunks/s"],
     )
     print(f"PostgreSQL's share of the machine's CPU while writing: {pg / busy:.2f}")
+
+
+def report_runs(r: dict[str, Any]) -> None:
     rows = []
     for e in r["end_to_end"]:
         cpu = e["cpu"]["cpu_s"]

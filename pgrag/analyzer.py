@@ -1,7 +1,7 @@
 """Lexical analysis for BM25: text to lexemes, in the worker, the same way for chunks and
 queries.
 
-A text is lower-cased and split into runs of word characters (letters, digits, _); stop
+A text is lower-cased and split into words (see `_WORD`: close to PostgreSQL's parser); stop
 words are dropped and the rest stemmed with the Snowball stemmer of the collection's
 language (the algorithm of PostgreSQL's `english_stem` dictionary). PostgreSQL's
 `to_tsvector` gives nearly the same lexemes, but costs about 180 µs of server CPU per
@@ -20,7 +20,12 @@ from functools import cache
 
 import Stemmer
 
-_WORD = re.compile(r"\w+")
+# A word: a decimal number ("0.05") or runs of letters and digits joined by hyphens
+# ("cell-cycle"), in a text whose underscores became spaces. As PostgreSQL's parser does, a
+# hyphenated word of letters counts whole (stemmed) and as its parts; one with digits
+# ("covid-19", "il-6") as its parts only.
+_WORD = re.compile(r"\d+(?:\.\d+)+|\w+(?:-\w+)*")
+_PART = re.compile(r"\w+")
 
 # PostgreSQL's english.stop: the stop words of the 'english' configuration.
 _ENGLISH_STOP = """
@@ -39,7 +44,8 @@ _CACHE_LIMIT = 1_000_000  # distinct words remembered; the vocabulary of a corpu
 
 
 class Analyzer:
-    """Turns text into lexeme counts; remembers each word's lexeme ('' for a stop word)."""
+    """Turns text into lexeme counts; remembers each word's lexeme ('' for one that has
+    none: a stop word, a hyphenated word with digits)."""
 
     def __init__(self, config: str) -> None:
         if config == "simple":
@@ -58,19 +64,26 @@ class Analyzer:
 
     def lexemes(self, text: str) -> Counter[str]:
         """Each lexeme of `text` with its count (stop words left out)."""
-        words = _WORD.findall(text.lower())
+        words = _WORD.findall(text.lower().replace("_", " "))
+        if "-" in text:
+            words += _PART.findall(" ".join(w for w in words if "-" in w))
         known = self._lexeme
         if new := {w for w in words if w not in known}:
             if len(known) > _CACHE_LIMIT:
                 known.clear()
                 new = set(words)
-            kept = [w for w in new if w not in self._stop]
+            kept = [w for w in new if w not in self._stop and not _numbered_compound(w)]
             stems = self._stem.stemWords(kept) if self._stem else kept
             known.update(zip(kept, stems, strict=True))
-            known.update((w, "") for w in new if w in self._stop)
+            known.update((w, "") for w in new if w not in known)
         counts = Counter(map(known.__getitem__, words))
         del counts[""]
         return counts
+
+
+def _numbered_compound(word: str) -> bool:
+    """A hyphenated word with digits: it counts as its parts only."""
+    return "-" in word and any(c.isdigit() for c in word)
 
 
 @cache

@@ -222,3 +222,30 @@ def test_ingest_worker_killed_mid_index_build(
     with db.connect() as conn:
         assert indexing.index_state(conn, get_collection(collection_name)) == "valid"
     assert "lease expired" in recoveries(job.id)
+
+
+def test_postgres_restarted_mid_job_ends_done_and_exact(
+    own_broker: None, tmp_path: Path, collection_name: str
+) -> None:
+    """The server restarts under the workers: their failed statements are retried or their
+    work sent again, and the job ends with exact counts."""
+    from pgrag import services
+    from pgrag.settings import get_settings
+
+    n = 1000
+    source = write_source(tmp_path / "notes.jsonl", n)
+    create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    workers = [Worker(home, "ingest", "pg-ingest", ENV), Worker(home, "embed", "pg-embed", ENV)]
+    try:
+        job = ingest.submit(source, collection_name)
+        wait_until(lambda: jobs.get_job(job.id).docs_done > 0, 120, "the first batch")
+        assert services.stop_postgres(get_settings())
+        time.sleep(2)
+        services.start_postgres(get_settings())
+        wait_until(lambda: services.embedded_postgres_url(get_settings()) is not None, 60, "up")
+        wait_until(lambda: jobs.get_job(job.id).finished, 300, "the job to end")
+    finally:
+        for w in workers:
+            w.stop()
+    assert_exact(job.id, n)

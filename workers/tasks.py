@@ -15,10 +15,13 @@ import redis
 from celery import Task
 
 from pgrag import answering, ingest, jobs, loading, queue, work
+from pgrag.services import ServiceError
 from workers.app import app
 
-# Lost connections are retried; anything else is a real failure and ends the job.
-TRANSIENT = (psycopg.OperationalError, redis.ConnectionError)
+# Lost connections (and an embedded server that is restarting) are retried; if they outlast
+# the retries, the work is left to the sweeper, which sends it again: the job goes on.
+# Anything else is a real failure and ends the job.
+TRANSIENT = (psycopg.OperationalError, redis.ConnectionError, ServiceError)
 
 
 class JobTask(Task):
@@ -29,7 +32,8 @@ class JobTask(Task):
     def on_failure(
         self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any
     ) -> None:
-        jobs.fail_job(args[0], f"{self.name} failed: {type(exc).__name__}: {exc}")
+        if not isinstance(exc, TRANSIENT):
+            jobs.fail_job(args[0], f"{self.name} failed: {type(exc).__name__}: {exc}")
 
 
 @app.task(name=queue.INGEST_SOURCE, base=JobTask)
