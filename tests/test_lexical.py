@@ -17,24 +17,9 @@ from pgrag.collections import get_collection
 from pgrag.lexical import analysed_text
 from pgrag.retrieval import retrieve
 from pgrag.schema import Collection
+from tests.conftest import sample_text
 
 pytestmark = pytest.mark.slow
-
-WORDS = [
-    "river",
-    "valve",
-    "pump",
-    "sensor",
-    "meter",
-    "gear",
-    "motor",
-    "table",
-    "index",
-    "query",
-    "vector",
-    "light",
-    "water",
-]
 
 
 def assert_lexical_index_exact(collection: Collection) -> None:
@@ -80,8 +65,11 @@ def write_jsonl(path: Path, rows: list[dict[str, str]]) -> Path:
 
 
 def doc(i: int, version: int = 0) -> dict[str, str]:
-    words = " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(12))
-    return {"id": f"d{i}", "title": f"Sheet {i}", "text": f"Part {i} v{version}: {words}."}
+    return {
+        "id": f"d{i}",
+        "title": f"Sheet {i}",
+        "text": f"Part {i} v{version}: {sample_text(i, 12)}",
+    }
 
 
 def test_reingest_deletes_and_failures_keep_the_index_exact(

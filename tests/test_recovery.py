@@ -18,7 +18,7 @@ from pgrag import answering, db, indexing, ingest, jobs, queue
 from pgrag.client import follow
 from pgrag.collections import create_collection, get_collection
 from pgrag.schema import IngestJob
-from tests.conftest import QUESTIONS, Worker
+from tests.conftest import QUESTIONS, Worker, sample_text
 
 pytestmark = pytest.mark.slow
 
@@ -33,24 +33,7 @@ ENV = {
 
 
 def write_source(path: Path, n: int) -> Path:
-    words = [
-        "river",
-        "valve",
-        "pump",
-        "sensor",
-        "meter",
-        "gear",
-        "motor",
-        "table",
-        "index",
-        "query",
-        "vector",
-        "light",
-    ]
-    rows = (
-        {"id": f"n{i}", "text": " ".join(words[(i + k) % len(words)] for k in range(60)) + f" {i}."}
-        for i in range(n)
-    )
+    rows = ({"id": f"n{i}", "text": sample_text(i, 60)} for i in range(n))
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -132,7 +115,7 @@ def test_broker_wiped_mid_job_ends_done_and_exact(
 ) -> None:
     """The broker loses every message (its Redis database flushed) while the job runs: the
     sweeper finds the work that PostgreSQL still has queued and sends it again."""
-    n = 1000
+    n = 600
     source = write_source(tmp_path / "notes.jsonl", n)
     create_collection(collection_name)
     home = Path(os.environ["PGRAG_HOME"])
@@ -232,7 +215,7 @@ def test_postgres_restarted_mid_job_ends_done_and_exact(
     from pgrag import services
     from pgrag.settings import get_settings
 
-    n = 1000
+    n = 600
     source = write_source(tmp_path / "notes.jsonl", n)
     create_collection(collection_name)
     home = Path(os.environ["PGRAG_HOME"])
