@@ -314,23 +314,27 @@ def main() -> None:
 
 
 def sizes(collection_name: str) -> dict[str, Any]:
-    """Bytes on disk of the shared tables and of the collection's HNSW index."""
+    """Bytes on disk of the shared tables (those this schema has) and of the collection's
+    HNSW index."""
     from pgrag import db
     from pgrag.collections import get_collection
 
     collection = get_collection(collection_name)
-    names = ["pgrag.chunks", "pgrag.documents", "pgrag.postings", "pgrag.lexical_blocks"]
+    names = [
+        "pgrag.chunks",
+        "pgrag.documents",
+        "pgrag.postings",
+        "pgrag.lexical_blocks",
+        "pgrag.lexemes",
+        f"pgrag.{collection.index_name}",
+    ]
     with db.connect() as conn:
-        out = {
-            n: int(conn.execute("SELECT pg_total_relation_size(%s::regclass)", (n,)).fetchone()[0])  # type: ignore[index]
-            for n in names
-        }
-        out["hnsw index"] = int(
-            conn.execute(
-                "SELECT pg_relation_size(%s::regclass)", (f"pgrag.{collection.index_name}",)
-            ).fetchone()[0]  # type: ignore[index]
-        )
-    return out
+        rows = conn.execute(
+            "SELECT n, pg_total_relation_size(to_regclass(n)) FROM unnest(%s::text[]) AS n"
+            " WHERE to_regclass(n) IS NOT NULL",
+            (names,),
+        ).fetchall()
+    return {name: int(size) for name, size in rows}
 
 
 def report(r: dict[str, Any]) -> None:

@@ -8,7 +8,7 @@ undisturbed, then once per fault at a random point of its load phase:
 
 - embed: SIGKILL of the embed worker's process group, a new one started at once;
 - ingest: SIGKILL of the ingest worker (the reader) mid-read, a new one started at once;
-- broker: the broker's Redis database flushed (every message lost);
+- broker: Redis stopped and started again empty, on the same port (every message lost);
 - postgres: the PostgreSQL server restarted (fast shutdown, start).
 
 Reported per fault: seconds from the fault to `done`, the extra time over the undisturbed
@@ -24,7 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -63,6 +65,26 @@ def restart_postgres(home: Home) -> None:
     services.start_postgres(get_settings())
 
 
+def restart_redis_empty(home: Home) -> None:
+    """Stop the embedded Redis, delete its data, start it again on the same port."""
+    from pgrag import services
+    from pgrag.settings import get_settings
+
+    settings = get_settings()
+    port = services.redis_url(settings).rsplit(":", 1)[1].split("/")[0]
+    services.stop_redis(settings)
+    folder = home.path / "redis"
+    for path in folder.glob("appendonly*"):
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    argv = ["redis-server", "--bind", "127.0.0.1", "--port", port, "--daemonize", "yes"]
+    argv += ["--appendonly", "yes", "--dir", str(folder), "--pidfile", str(folder / "redis.pid")]
+    subprocess.run(argv, check=True)
+    (folder / "port").write_text(port)
+
+
 def counts(collection: str) -> dict[str, int]:
     from pgrag import db
     from pgrag.collections import get_collection
@@ -79,7 +101,7 @@ def counts(collection: str) -> dict[str, int]:
 
 def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dict[str, Any]:
     """The job with `fault` injected `at` (0-1) of the way through its documents."""
-    from pgrag import ingest, jobs, queue
+    from pgrag import ingest, jobs
 
     reader, embedder = Worker(home, "ingest"), bench_embed_worker(home, 1)
     workers = [reader, embedder]
@@ -100,8 +122,7 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
                     os.killpg(reader.pid, signal.SIGKILL)
                     workers.append(Worker(home, "ingest"))
                 elif fault == "broker":
-                    with queue._client().connection_for_write() as conn:
-                        conn.default_channel.client.flushdb()
+                    restart_redis_empty(home)
                 elif fault == "postgres":
                     restart_postgres(home)
             time.sleep(0.05)

@@ -73,6 +73,7 @@ def kb(api: str) -> str:
         [],
     )
     assert job["docs_processed"] == 34 and job["chunks_per_s"] > 0
+    assert (job["recovered"], job["last_recovery"]) == (0, None)
     return name
 
 
