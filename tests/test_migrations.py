@@ -13,7 +13,7 @@ What the model comparison cannot or need not judge, and so leaves out (`IGNORED`
   (document_id, ord), ingest_errors (job_id, ref)): the loaders rely on them through SQL
   (ON CONFLICT), the models do not repeat them;
 - tables without a model: `postings` and `lexical_blocks`, written and read only by SQL (COPY and
-  the BM25 statements);
+  the BM25 statements), and `work` (`pgrag/work.py`'s statements);
 Alembic does not compare server defaults here (off by default), CHECK constraints (it never
 does) or views and functions (it does not reflect them). The `vector` columns *are*
 compared: pgvector's SQLAlchemy type reflects as itself, and both sides are dimensionless.
@@ -165,7 +165,8 @@ IGNORED = {
     "remove_index": "indexes (btree, partial, per-collection HNSW) are declared by migrations only",
     "remove_constraint": "multi-column UNIQUE constraints are declared by migrations only",
 }
-TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks"}  # SQL-only tables (COPY and BM25 statements)
+# SQL-only tables: the lexical index (COPY and BM25 statements) and the work ledger.
+TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks", "work"}
 
 
 def schema_differences(url: str) -> list[tuple[Any, ...]]:
