@@ -159,6 +159,28 @@ def test_upgrade_downgrade_upgrade_on_a_fresh_database(fresh_database: str) -> N
     assert objects(url) == migrated
 
 
+def test_upgrade_to_lexical_blocks_indexes_the_chunks_already_stored(fresh_database: str) -> None:
+    url = fresh_database
+    db.migrate(url, "0003")
+    query(
+        url,
+        "WITH c AS (INSERT INTO pgrag.collections (name, model, dim, chunk_size, chunk_overlap)"
+        "  VALUES ('old', 'm', 3, 10, 1) RETURNING id),"
+        " d AS (INSERT INTO pgrag.documents (collection_id, external_id, title, content_hash, text)"
+        "  SELECT id, 'a', 'Valves', '\\x00', 'Pumps and pumps.' FROM c"
+        "  RETURNING id, collection_id)"
+        " INSERT INTO pgrag.chunks (collection_id, document_id, ord, text, start_char, end_char,"
+        "  token_count, embedding) SELECT collection_id, id, 0, 'Pumps and pumps.', 0, 16, 4,"
+        "  '[1,0,0]' FROM d",
+    )
+    db.migrate(url)
+    postings = query(
+        url, "SELECT lexeme, tf, chunk_len FROM pgrag.lexical_postings ORDER BY lexeme"
+    )
+    assert postings == [("pump", 2, 3), ("valv", 1, 3)]
+    assert query(url, "SELECT chunks, avg_len FROM pgrag.lexical_stats") == [(1, 3.0)]
+
+
 IGNORED = {
     "modify_comment": "comments come from the migrations' COMMENT ON; the models repeat none",
     "remove_table_comment": "same: table comments live in the migrations",
