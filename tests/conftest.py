@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -51,6 +52,23 @@ WORDS = [
 def sample_text(i: int, words: int) -> str:
     """`words` words of a small vocabulary, a different mix for each i, ending with i."""
     return " ".join(WORDS[(i * 7 + k) % len(WORDS)] for k in range(words)) + f" {i}."
+
+
+def stored_chunk_lexemes(collection_id: int, text_config: str) -> dict[int, Counter[str]]:
+    """Each stored chunk's lexeme counts, analysed afresh from its text and its document's
+    title (not read from the lexical index)."""
+    from pgrag import db
+    from pgrag.analyzer import Analyzer
+    from pgrag.lexical import analysed_text
+
+    with db.connect() as conn:
+        chunks = conn.execute(
+            "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
+            " JOIN pgrag.documents d ON d.id = c.document_id WHERE c.collection_id = %s",
+            (collection_id,),
+        ).fetchall()
+    lexer = Analyzer(text_config)
+    return {cid: lexer.lexemes(analysed_text(title, text)) for cid, title, text in chunks}
 
 
 class Worker:

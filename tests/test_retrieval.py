@@ -27,9 +27,10 @@ from pgrag.analyzer import Analyzer
 from pgrag.collections import get_collection
 from pgrag.filters import parse_filter, parse_filters
 from pgrag.jobs import get_job
-from pgrag.lexical import K1, B, analysed_text
+from pgrag.lexical import K1, B
 from pgrag.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
 from pgrag.schema import Collection
+from tests.conftest import stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
 
@@ -182,20 +183,13 @@ def ids(passages: list[Passage]) -> list[str]:
 def brute_force_bm25(collection: Collection, query: str) -> dict[int, float]:
     """BM25 of every chunk in Python, from the stored chunk texts and titles alone (not from
     the index)."""
-    with db.connect() as conn:
-        chunks = conn.execute(
-            "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
-            " JOIN pgrag.documents d ON d.id = c.document_id WHERE c.collection_id = %s",
-            (collection.id,),
-        ).fetchall()
-    lexer = Analyzer(collection.text_config)
-    counts = {cid: lexer.lexemes(analysed_text(title, text)) for cid, title, text in chunks}
+    counts = stored_chunk_lexemes(collection.id, collection.text_config)
     n = len(counts)
     avgdl = sum(sum(c.values()) for c in counts.values()) / n
     df: Counter[str] = Counter()
     for c in counts.values():
         df.update(c.keys())
-    qtf = lexer.lexemes(query)
+    qtf = Analyzer(collection.text_config).lexemes(query)
     scores: dict[int, float] = {}
     for chunk_id, c in counts.items():
         length = sum(c.values())
