@@ -60,13 +60,25 @@ def bench_embed_worker(home: Home, concurrency: int) -> Worker:
     return Worker(home, "embed", concurrency, program=program)
 
 
-def scifact_docs() -> list[dict[str, Any]]:
+def write_source(path: Path, chunks: int) -> int:
+    """Write the SciFact corpus, repeated with new ids, until it makes `chunks` chunks at the
+    default chunking; returns the documents written."""
+    from pgrag.chunking import chunk_texts
+    from pgrag.embedding import load_embedder
+    from pgrag.settings import get_settings
+
     with open(SCIFACT / "corpus.jsonl") as f:
-        return [json.loads(line) for line in f]
-
-
-def write_source(path: Path, docs: list[dict[str, Any]], per_doc: list[int], chunks: int) -> int:
-    """Write SciFact repeated with new ids until `chunks` chunks; returns the documents."""
+        docs = [json.loads(line) for line in f]
+    settings = get_settings()
+    per_doc = [
+        len(c)
+        for c in chunk_texts(
+            [d["text"] for d in docs],
+            load_embedder(settings.embed_model, "cpu").tokenizer,
+            chunk_size=settings.chunk_size,
+            overlap=settings.chunk_overlap,
+        )
+    ]
     written = total = 0
     with open(path, "w") as f:
         for rep in itertools.count():
@@ -270,27 +282,13 @@ def main() -> None:
     exit_on_sigterm()
     procs = [int(p) for p in args.procs.split(",")]
 
-    from pgrag.chunking import chunk_texts
-    from pgrag.embedding import load_embedder
-    from pgrag.settings import get_settings
-
-    settings = get_settings()
-    docs = scifact_docs()
-    tokenizer = load_embedder(settings.embed_model, "cpu").tokenizer
-    chunked = chunk_texts(
-        [d["text"] for d in docs],
-        tokenizer,
-        chunk_size=settings.chunk_size,
-        overlap=settings.chunk_overlap,
-    )
-    per_doc = [len(c) for c in chunked]
     with open(SCIFACT / "queries.jsonl") as f:
         queries = [json.loads(line)["text"] for line in f][: args.queries]
 
     results: dict[str, Any] = {"chunks_asked": args.chunks}
     with tempfile.TemporaryDirectory(prefix="pgrag-pipeline-") as tmp, pgrag_home() as home:
         source = Path(tmp) / "source.jsonl"
-        results["source_documents"] = write_source(source, docs, per_doc, args.chunks)
+        results["source_documents"] = write_source(source, args.chunks)
         print(f"source: {results['source_documents']:,} documents", file=sys.stderr)
         from pgrag.collections import drop_collection
 
