@@ -36,11 +36,15 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from pgrag import db, queue
+from pgrag.services import ServiceError
 from pgrag.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 SWEEP_LOCK = 0x70677277  # advisory lock key of the sweeper ("pgrw")
+# PostgreSQL away (a lost connection, an embedded server restarting): the lease is left as it
+# is, and expires if the outage lasts.
+UNREACHABLE = (psycopg.Error, ServiceError)
 
 
 def owner() -> str:
@@ -105,7 +109,7 @@ def lease(work_id: int | None) -> Iterator[bool]:
         yield True
     except BaseException:
         stop.set()
-        with contextlib.suppress(psycopg.Error), db.connect() as conn:
+        with contextlib.suppress(*UNREACHABLE), db.connect() as conn:
             conn.execute(
                 "UPDATE pgrag.work SET state = 'queued', owner = NULL WHERE id = %s"
                 " AND state = 'running'",
@@ -127,7 +131,7 @@ def _heartbeat(work_id: int, stop: threading.Event, every: float) -> None:
     """Renew the lease until `stop`; a failed renewal is tried again at the next beat."""
     me = owner()
     while not stop.wait(every):
-        with contextlib.suppress(psycopg.Error), db.connect() as conn:
+        with contextlib.suppress(*UNREACHABLE), db.connect() as conn:
             conn.execute(
                 "UPDATE pgrag.work SET heartbeat_at = now() WHERE id = %s AND owner = %s"
                 " AND state = 'running'",
