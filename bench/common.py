@@ -162,6 +162,8 @@ class Worker:
         argv = processes.worker(queue, concurrency).argv
         if program:  # in place of `python -m celery`
             argv = [*program, *argv[3:]]
+        # The log is appended to by every worker of this queue: this one's lines start here.
+        self.log_start = self.log.stat().st_size if self.log.exists() else 0
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
@@ -182,8 +184,10 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
-            if b"ready." in self.log.read_bytes():
-                return
+            with open(self.log, "rb") as log:
+                log.seek(self.log_start)
+                if b"ready." in log.read():
+                    return
             time.sleep(0.1)
         raise RuntimeError(f"worker {self.name} not ready: {self.log.read_text()[-3000:]}")
 
