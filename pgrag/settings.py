@@ -62,7 +62,7 @@ class Settings:
     # work whose lease is older than lease_s, or queued for lost_after_s with no message in
     # its broker queue, is sent again by the sweeper, which runs every sweep_s seconds.
     lease_s: float = 15.0
-    lost_after_s: float = 30.0
+    lost_after_s: float = 15.0
     sweep_s: float = 5.0
 
     # Celery. The visibility timeout is a last backstop: the sweeper recovers work sooner.
