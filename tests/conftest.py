@@ -195,17 +195,23 @@ def wait_job() -> Callable[..., object]:
     return wait
 
 
-_broker_dbs = itertools.count(5)
+# Redis has databases 0-15; 0 is the shared workers' broker.
+_broker_dbs = itertools.cycle(range(1, 16))
 
 
 @pytest.fixture
 def own_broker(services: Path) -> Iterator[None]:
-    """A Redis database of its own, so that only the test's own workers get its tasks."""
+    """A Redis database of its own (emptied first), so that only the test's own workers get
+    its tasks."""
+    import redis
+
     from pgrag import queue
     from pgrag import services as svc
     from pgrag.settings import get_settings
 
-    os.environ["PGRAG_REDIS_URL"] = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
+    url = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
+    redis.Redis.from_url(url).flushdb()
+    os.environ["PGRAG_REDIS_URL"] = url
     get_settings.cache_clear()
     queue._client.cache_clear()
     yield
