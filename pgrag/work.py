@@ -108,7 +108,6 @@ def lease(work_id: int | None) -> Iterator[bool]:
     try:
         yield True
     except BaseException:
-        stop.set()
         with contextlib.suppress(*UNREACHABLE), db.connect() as conn:
             conn.execute(
                 "UPDATE pgrag.work SET state = 'queued', owner = NULL WHERE id = %s"
@@ -174,7 +173,8 @@ def sweep() -> int:
         if not locked or not locked[0]:
             return 0
         expired = conn.execute(EXPIRED, {"lease": settings.lease_s}).fetchall()
-        idle = [t for t in queue.QUEUES if queue.queue_length(queue.QUEUES[t]) == 0]
+        empty = {q for q in set(queue.QUEUES.values()) if queue.queue_length(q) == 0}
+        idle = [task for task, q in queue.QUEUES.items() if q in empty]
         lost = conn.execute(LOST, {"lost": settings.lost_after_s, "tasks": idle}).fetchall()
     for work_id, task, args in [*expired, *lost]:
         log.warning("recovering work %s: %s%s", work_id, task, tuple(args))
