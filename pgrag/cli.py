@@ -73,7 +73,7 @@ def up(workers: bool, api_port: int | None) -> None:
     db.migrate(db_url)
     click.echo("schema    migrated to the latest revision")
     if api_port:
-        click.echo(f"api       http://127.0.0.1:{api_port}  {_admin_key(settings)}")
+        click.echo(f"api key   {_admin_key(settings)}")
     if workers:
         env = {"PGRAG_HOME": str(settings.state_dir)}
         started = processes.start(settings, processes.default_processes(settings, api_port), env)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -19,9 +21,18 @@ from typing import Any
 import httpx
 import pytest
 
+from pgrag import client as pgrag_client
 from pgrag import db, keys
 from pgrag.collections import UnknownCollection
-from tests.conftest import API_ASKS_PER_MIN, API_FILE_MB, API_REQUEST_MB, EXAMPLES, KeyClient
+from pgrag.settings import get_settings
+from tests.conftest import (
+    API_ASKS_PER_MIN,
+    API_FILE_MB,
+    API_REQUEST_MB,
+    EXAMPLES,
+    QUESTIONS,
+    KeyClient,
+)
 from tests.test_api import kinds, sse
 
 pytestmark = pytest.mark.slow
@@ -346,3 +357,99 @@ def test_rate_limit_answers_429_then_lets_the_key_through(api: str) -> None:
     assert KeyClient(api, ["ask"]).post("/v1/ask", json=body).status_code == 202
     time.sleep(wait)
     assert client.post("/v1/ask", json=body).status_code == 202
+
+
+def pgrag(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pgrag", *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_cli_keys_create_list_revoke(api: str) -> None:
+    name = f"cli-{uuid.uuid4().hex[:6]}"
+    made = pgrag("keys", "create", name, "--scope", "search,ask", "--collection", "kb")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("pgrag_") and "search, ask" not in made.stdout
+    key = keys.authenticate(token)
+    assert key is not None and (key.scopes, key.collections) == (["ask", "search"], ["kb"])
+    with db.connect() as conn:  # only the hash is stored
+        assert token.encode() not in b"".join(
+            bytes(r[0]) + r[1].encode()
+            for r in conn.execute("SELECT hash, prefix FROM pgrag.api_keys")
+        )
+    again = pgrag("keys", "create", name, "--scope", "ask")
+    assert again.returncode == 1 and "exists" in again.stderr
+    assert pgrag("keys", "create", "x", "--scope", "root").returncode == 1
+    listed = pgrag("keys", "list").stdout
+    assert name in listed and token not in listed and "live" in listed
+    assert pgrag("keys", "revoke", name).returncode == 0
+    assert keys.authenticate(token) is None
+    r = httpx.post(
+        f"{api}/v1/search",
+        json={"query": "x", "collection": "kb"},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert r.status_code == 401
+    assert "revoked" in pgrag("keys", "list").stdout
+
+
+def test_up_creates_the_admin_key_once(services: Path, tmp_path: Path) -> None:
+    from pgrag.services import database_url, redis_url
+
+    env = {
+        "PGRAG_HOME": str(tmp_path),
+        "PGRAG_DATABASE_URL": database_url(),
+        "PGRAG_REDIS_URL": redis_url(),
+    }
+    first = pgrag("up", "--no-workers", "--api-port", "18080", env=env)
+    assert first.returncode == 0, first.stderr
+    saved = tmp_path / "api-key"
+    token = saved.read_text().strip()
+    assert f"admin key (saved in {saved}): {token}" in first.stdout
+    assert saved.stat().st_mode & 0o777 == 0o600
+    key = keys.authenticate(token)
+    assert key is not None and key.scopes == ["admin"]
+    second = pgrag("up", "--no-workers", "--api-port", "18080", env=env)
+    assert f"admin key in {saved}" in second.stdout and token not in second.stdout
+    assert saved.read_text().strip() == token
+
+
+def test_cli_and_client_through_a_remote_api(api: str, collection_name: str) -> None:
+    """With PGRAG_API_URL set, ingest uploads, and search and ask go through the API with
+    PGRAG_API_KEY."""
+    client = KeyClient(api, ["search", "ask", "ingest"])
+    remote = {"PGRAG_API_URL": api, "PGRAG_API_KEY": client.token}
+    ingested = pgrag(
+        "ingest", str(EXAMPLES / "corpus"), "-c", collection_name, "--create", env=remote
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    assert f"uploaded {EXAMPLES / 'corpus'} to {collection_name}" in ingested.stdout
+    question, document = QUESTIONS[0]
+    found = pgrag("search", question, "-c", collection_name, "-k", "2", env=remote)
+    assert found.returncode == 0 and f"1. {Path(document).name}" in found.stdout, found.stdout
+    asked = pgrag("ask", question, "-c", collection_name, env=remote)
+    assert asked.returncode == 0 and "[1]" in asked.stdout and "timings" in asked.stdout
+    with db.connect() as conn:  # asked through the API, with this key
+        owner = conn.execute(
+            "SELECT api_key_id FROM pgrag.queries WHERE question = %s ORDER BY created_at DESC",
+            (question,),
+        ).fetchone()
+    assert owner == (client.key_id,)
+    wrong = pgrag("search", question, "-c", collection_name, env={**remote, "PGRAG_API_KEY": "x"})
+    assert wrong.returncode == 1 and "401" in wrong.stderr
+
+    os.environ.update(remote)
+    get_settings.cache_clear()
+    try:
+        events = list(pgrag_client.ask(question, collection_name))
+    finally:
+        for var in remote:
+            del os.environ[var]
+        get_settings.cache_clear()
+    assert events[0].type == "status" and events[-1].type == "done"
+    assert events[-1].data["citations"][0]["external_id"] == Path(document).name
