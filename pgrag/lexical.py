@@ -84,25 +84,37 @@ HAVING count(*) > 0
 RETURNING cardinality(chunk_ids)
 """
 
-# Take deleted chunks out of the posting rows of (block, lexeme) pairs: rows left with none
-# go, the others keep the rest of their entries; then out of their blocks.
-DROP_EMPTIED = """
-DELETE FROM pgrag.postings p
-USING unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+# Take deleted chunks out of the posting rows of their (block, lexeme) pairs: each row keeps
+# the rest of its entries, or goes when none is left; then out of their blocks. The deleted
+# ids are matched as a hashed set (NOT IN a subquery), not an array scanned per entry.
+UNPOST = """
+WITH gone AS (
+    SELECT unnest(%(ids)s::bigint[]) AS id
+), targets AS MATERIALIZED (
+    SELECT p.lexeme, p.block_id, p.chunk_ids, p.tfs, p.chunk_lens
+    FROM pgrag.postings p
+    JOIN unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+      ON p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+), kept AS MATERIALIZED (
+    SELECT t.lexeme, t.block_id,
+           array_agg(u.id) AS ids, array_agg(u.tf) AS tfs, array_agg(u.len) AS lens
+    FROM targets t, unnest(t.chunk_ids, t.tfs, t.chunk_lens) AS u(id, tf, len)
+    WHERE u.id NOT IN (SELECT id FROM gone)
+    GROUP BY t.lexeme, t.block_id
+), updated AS (
+    UPDATE pgrag.postings p SET chunk_ids = k.ids, tfs = k.tfs, chunk_lens = k.lens
+    FROM kept k
+    WHERE p.collection_id = %(c)s AND p.lexeme = k.lexeme AND p.block_id = k.block_id
+)
+DELETE FROM pgrag.postings p USING targets t
 WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
-  AND p.chunk_ids <@ %(ids)s::bigint[]
-"""
-FILTER_POSTINGS = """
-UPDATE pgrag.postings p SET (chunk_ids, tfs, chunk_lens) = (
-    SELECT array_agg(u.id), array_agg(u.tf), array_agg(u.len)
-    FROM unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(id, tf, len)
-    WHERE u.id <> ALL(%(ids)s::bigint[]))
-FROM unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
-WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+  AND NOT EXISTS (SELECT FROM kept k WHERE k.lexeme = t.lexeme AND k.block_id = t.block_id)
 """
 SHRINK_BLOCKS = """
 UPDATE pgrag.lexical_blocks b
-SET chunk_ids = array(SELECT x FROM unnest(b.chunk_ids) AS x WHERE x <> ALL(%(ids)s::bigint[])),
+SET chunk_ids = array(
+        SELECT x FROM unnest(b.chunk_ids) AS x
+        WHERE x NOT IN (SELECT unnest(%(ids)s::bigint[]))),
     total_len = b.total_len - d.len
 FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[]) AS d(block_id, len)
 WHERE b.id = d.block_id
@@ -196,8 +208,7 @@ def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: li
     if not lens:
         return
     blocks, lexemes = (list(x) for x in zip(*sorted(pairs), strict=True)) if pairs else ([], [])
-    conn.execute(DROP_EMPTIED, {**c, "blocks": blocks, "lexemes": lexemes})
-    conn.execute(FILTER_POSTINGS, {**c, "blocks": blocks, "lexemes": lexemes})
+    conn.execute(UNPOST, {**c, "blocks": blocks, "lexemes": lexemes})
     conn.execute(SHRINK_BLOCKS, {"ids": ids, "blocks": list(lens), "lens": list(lens.values())})
     conn.execute(
         "DELETE FROM pgrag.lexical_blocks WHERE id = ANY(%s) AND chunk_ids = '{}'", (list(lens),)
