@@ -16,21 +16,23 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgrag.generation import GeneratorTimeout, Request
+from pgrag.generation.spans import answer_kind, is_kind, short_answer
+from pgrag.generation.words import content_words
+
+__all__ = ["ExtractiveGenerator", "content_words", "sentences"]
 
 MAX_SENTENCES = 3
 KEEP_RATIO = 0.8  # a sentence after the best is kept when it scores this share of the best
 MIN_WORDS = 4  # shorter "sentences" are headings or list labels
 RANK_PENALTY = 0.02  # per passage rank, so ties go to the better-ranked passage
 FRAGMENT_PENALTY = 0.1
+KIND_BONUS = 0.1  # a sentence holding a word of the kind of answer asked for (a year for "when")
 
-_STOPWORDS = (
-    "a an and are as at be by can do does did for from has have how i in is it its of on or "
-    "our should the their there this to was we what when where which who why will with you "
-    "your many much long often per any each"
-)
-STOPWORDS = frozenset(_STOPWORDS.split())
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _BLOCK_START = re.compile(r"^\s*(#|[-*+>|]\s|\d+[.)]\s|\|)")  # heading, list item, quote, row
+_NO_END = re.compile(
+    r"(\b[A-Z]|\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|No|vs|Inc|Ltd|Co|Gen|Gov|Mt|Ft|Lt|Col|Rev))\.$"
+)
 _MARKUP = re.compile(r"^[\s#>*\-+]+|[*_`]+")
 
 
@@ -41,10 +43,16 @@ class Sentence:
     score: float = 0.0
 
 
-def content_words(text: str) -> set[str]:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    # A light stemmer: plural "s" off, so "snapshots" matches "snapshot".
-    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words} - STOPWORDS
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a paragraph; a period after an initial ("James O. McKinsey") or a common
+    abbreviation ("St. Johns", "No. 182") ends none."""
+    found: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if found and _NO_END.search(found[-1]):
+            found[-1] += " " + piece
+        else:
+            found.append(piece)
+    return found
 
 
 def blocks(text: str) -> list[str]:
@@ -87,7 +95,7 @@ def sentences(text: str) -> list[str]:
             parts = [table_row(block, header)]
         else:
             header = None
-            parts = _SENTENCE_END.split(_MARKUP.sub("", block))
+            parts = split_sentences(_MARKUP.sub("", block))
         found += [" ".join(p.split()) for p in parts if len(p.split()) >= MIN_WORDS]
     return found
 
@@ -108,11 +116,16 @@ class ExtractiveGenerator:
             yield "The passages found contain no sentence to answer with."
             return
         question_words = content_words(request.question)
+        kind = answer_kind(request.question)
         for c in candidates:
-            shared = len(question_words & content_words(c.text))
+            said = content_words(c.text)
+            shared = len(question_words & said)
             c.score = shared / max(len(question_words), 1) - RANK_PENALTY * (c.n - 1)
             if c.text[0].islower():
                 c.score -= FRAGMENT_PENALTY  # the tail of a sentence cut by a chunk boundary
+            new = [w for i, w in enumerate(c.text.split()) if not content_words(w) <= question_words]
+            if any(is_kind(w.strip("\"'(),.;:"), kind, i == 0) for i, w in enumerate(new)):
+                c.score += KIND_BONUS
         if request.embed is not None:
             vectors = request.embed([c.text for c in candidates])
             q = request.question_vector
@@ -124,6 +137,9 @@ class ExtractiveGenerator:
             raise GeneratorTimeout("the extractive answer took longer than its deadline")
 
         ranked = sorted(candidates, key=lambda c: -c.score)
+        if request.concise:
+            yield f"{short_answer(request.question, ranked[0].text)} [{ranked[0].n}]"
+            return
         best = ranked[0].score
         chosen = [ranked[0]] + [
             c for c in ranked[1:MAX_SENTENCES] if best > 0 and c.score >= KEEP_RATIO * best

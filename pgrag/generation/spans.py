@@ -1,0 +1,159 @@
+"""Short answers without a model: the phrase of a sentence that answers a question.
+
+    short_answer("When was the exchange re-established?", "It was re-established in April 1991.")
+    -> "April 1991"
+
+The question's wording says what kind of answer it wants (`answer_kind`: a number, a date, a
+name or place, or anything else). The sentence is cut into phrases at the question's own
+words and at punctuation, as SQuAD-style answers are the part of the sentence that the
+question does not already say; each phrase loses the function words at its ends, and the
+best is the one that holds words of the wanted kind, lies closest to the question's words,
+and is short. A heuristic, measured by `bench/qa_eval.py` (token F1 against gold answers).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pgrag.generation.words import STOPWORDS, stem
+
+NUMBER_WORDS = frozenset(
+    "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty "
+    "forty fifty hundred thousand million billion trillion dozen half percent".split()
+)
+MONTHS = frozenset(
+    "january february march april may june july august september october november december"
+    .split()
+)
+# Words a short answer neither starts nor ends with.
+EDGE_WORDS = STOPWORDS | frozenset(
+    "about after against also although among around because been before being between both "
+    "but during had into like more most not nor only other over since some such than that "
+    "then these they those through under until upon very were while within without would "
+    "he she his her him it them they which who whom whose".split()
+)
+# What a "what/which ..." question asks for when its answer is a proper name.
+_NAMED = (
+    "company|country|city|town|team|person|poet|general|actor|chemist|group|party|river|state|"
+    "continent|organi[sz]ation|university|stadium|area|region|entity|division|player|king|"
+    "emperor|author|writer|scientist|president|family|tribe|language|nation|island|treaty|"
+    "proclamation|museum|school|newspaper|club|street|building|church|station|network"
+)
+_KINDS = [
+    # (kind, question pattern), the first that matches wins
+    ("number", r"\bhow (many|much|long|old|far|large|big|tall|high|deep|wide|fast|often)\b"
+     r"|\bwhat (percentage|percent|number|amount|proportion|share)\b"),
+    ("date", r"\bwhen\b|\b(what|which|in what) (year|date|time|century|decade|month|day|era)\b"),
+    ("name", r"\b(who|whom|whose|where)\b|\bname\b|\b(what|which) (\w+ ){0,2}(" + _NAMED + r")s?\b"),
+]
+MAX_WORDS = 6  # longer phrases are cut to the words nearest the question's
+PROXIMITY_WEIGHT = 0.5
+KIND_BONUS = 1.0
+LENGTH_PENALTY = 0.05  # per word beyond MAX_WORDS / 2
+
+
+def answer_kind(question: str) -> str:
+    """"number", "date", "name" (people and places) or "other"."""
+    q = question.lower()
+    return next((kind for kind, pattern in _KINDS if re.search(pattern, q)), "other")
+
+
+def kind_strength(word: str, kind: str, first: bool = False) -> int:
+    """How surely `word` (punctuation stripped) is an answer of `kind`: 2 surely (a year
+    for a date, digits for a number, a capitalised word for a name), 1 maybe (a number
+    word, a capitalised word for any other question), 0 not. A capital at the start of a
+    sentence (`first`) says nothing."""
+    low = word.lower()
+    digits = any(ch.isdigit() for ch in word)
+    capital = word[:1].isupper() and not first
+    if kind == "number":
+        year = bool(re.fullmatch(r"1[0-9]{3}|20[0-9]{2}", word))
+        return 1 if year or low in NUMBER_WORDS else 2 * digits
+    if kind == "date":
+        if re.fullmatch(r"[0-9]{3,4}s?|[0-9]{1,2}(st|nd|rd|th)", low) or low in MONTHS:
+            return 2
+        return 1 if digits or low == "century" else 0
+    if kind == "name":
+        return 2 * capital
+    return int(capital)
+
+
+def is_kind(word: str, kind: str, first: bool = False) -> bool:
+    return kind != "other" and kind_strength(word, kind, first) == 2
+
+
+@dataclass
+class Word:
+    text: str  # as written, edge punctuation removed
+    at: int  # index in the sentence
+    asked: bool  # the question says it too
+    breaks_after: bool  # punctuation ends a phrase here
+
+
+def words_of(question: str, sentence: str) -> list[Word]:
+    asked = {stem(w) for w in re.findall(r"[a-z0-9]+", question.lower())} - STOPWORDS
+    found = []
+    for i, raw in enumerate(sentence.split()):
+        text = raw.strip("\"'“”‘’()[]{},;:.!?")
+        parts = [stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
+        found.append(
+            Word(text, i, bool(parts) and all(p in asked for p in parts), raw[-1:] in ",;:)”\"")
+        )
+    return found
+
+
+def phrases(words: list[Word]) -> list[list[Word]]:
+    """Runs of words the question does not say, cut at punctuation, function words trimmed
+    off both ends."""
+    runs: list[list[Word]] = [[]]
+    for w in words:
+        if w.asked or not w.text:
+            runs.append([])
+            continue
+        runs[-1].append(w)
+        if w.breaks_after:
+            runs.append([])
+    trimmed = []
+    for run in runs:
+        while run and run[0].text.lower() in EDGE_WORDS:
+            run = run[1:]
+        while run and run[-1].text.lower() in EDGE_WORDS:
+            run = run[:-1]
+        if run:
+            trimmed.append(run)
+    return trimmed
+
+
+def short_answer(question: str, sentence: str) -> str:
+    """The phrase of `sentence` that best answers `question`; the sentence itself when it
+    has no phrase the question does not already say."""
+    words = words_of(question, sentence)
+    kind = answer_kind(question)
+    anchors = [w.at for w in words if w.asked]
+
+    def distance(w: Word) -> int:
+        return min((abs(w.at - a) for a in anchors), default=0)
+
+    def strength(w: Word) -> int:
+        return kind_strength(w.text, kind, w.at == 0)
+
+    def score(run: list[Word]) -> float:
+        typed = max(strength(w) for w in run) / 2
+        near = min(distance(w) for w in run)
+        extra = max(len(run) - MAX_WORDS / 2, 0)
+        return KIND_BONUS * typed + PROXIMITY_WEIGHT / (1 + near) - LENGTH_PENALTY * extra
+
+    candidates = phrases(words)
+    if not candidates:
+        return sentence
+    best = max(candidates, key=score)
+    top = max(strength(w) for w in best)
+    if top == 2:  # the words of the wanted kind, and what joins them ("Robert Lane and ...")
+        typed = [i for i, w in enumerate(best) if strength(w) == 2]
+        best = best[typed[0] : typed[-1] + 1]
+    if len(best) > MAX_WORDS:
+        centre = sorted(best, key=distance)[0].at
+        start = max(best[0].at, min(centre - MAX_WORDS // 2, best[-1].at - MAX_WORDS + 1))
+        best = [w for w in best if start <= w.at < start + MAX_WORDS]
+    return " ".join(w.text for w in best)
