@@ -1,7 +1,9 @@
 """The HTTP API: `uvicorn api.app:app` (or `pgrag up --api-port 8080`).
 
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
-a `pgrag` function and shape its result. OpenAPI docs are served at /docs.
+a `pgrag` function and shape its result. Every route but /healthz needs an API key
+(`api/auth.py`, docs/security.md); request bodies are bounded (`api/limits.py`). OpenAPI
+docs are served at /docs.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from api.limits import BodyLimit
 from api.routes import answers, health, ingest, search
 from pgrag.services import ServiceError
 
@@ -22,6 +25,7 @@ def create_app() -> FastAPI:
     )
     for module in (answers, search, ingest, health):
         app.include_router(module.router)
+    app.add_middleware(BodyLimit)
 
     @app.exception_handler(ServiceError)
     async def service_unavailable(request: Request, exc: ServiceError) -> JSONResponse:

@@ -77,8 +77,10 @@ def submit(
     rerank: bool | None = None,
     filters: Sequence[str] = (),
     generator: str | None = None,
+    api_key_id: int | None = None,
 ) -> uuid.UUID:
     """Queue a question; returns its id. Its answer streams on `pgrag:answer:<id>`.
+    `api_key_id`: the API key asking it, the only one (with admin keys) that may read it.
 
     Nothing is checked here beyond types: every problem with the question reaches its
     reader as an `error` event, the same way whether it is found now or by the worker.
@@ -88,10 +90,10 @@ def submit(
     options = Options(int(k), rerank, [str(f) for f in filters], generator or "")
     with db.connect() as conn:
         row = conn.execute(
-            "INSERT INTO pgrag.queries (collection, question, options)"
-            " VALUES (%s, %s, %s) RETURNING id",
+            "INSERT INTO pgrag.queries (collection, question, options, api_key_id)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
             # PostgreSQL text cannot hold NUL; it carries no meaning in a question.
-            (collection, question.replace("\x00", " "), Jsonb(asdict(options))),
+            (collection, question.replace("\x00", " "), Jsonb(asdict(options)), api_key_id),
         ).fetchone()
     assert row is not None
     query_id: uuid.UUID = row[0]

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -22,13 +24,14 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 def friendly_errors(fn: F) -> F:
     """Turn the errors a user can cause into one clear line and exit status 1."""
+    from pgrag.remote import ApiError
     from pgrag.services import ServiceError
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ServiceError, LookupError, ValueError) as e:
+        except (ServiceError, ApiError, LookupError, ValueError) as e:
             raise click.ClickException(str(e).strip("'\"")) from None
 
     return wrapper  # type: ignore[return-value]
@@ -40,7 +43,9 @@ def main() -> None:
     """pgrag: ingest documents into PostgreSQL + pgvector and answer questions over them.
 
     With no PGRAG_DATABASE_URL / PGRAG_REDIS_URL set, `pgrag up` starts an embedded
-    PostgreSQL (with pgvector) and Redis under ./.pgrag, plus the workers.
+    PostgreSQL (with pgvector) and Redis under ./.pgrag, plus the workers. With
+    PGRAG_API_URL set, ingest (as an upload), jobs ID, search, ask and answer go through that
+    HTTP API with the key in PGRAG_API_KEY.
     """
 
 
@@ -67,12 +72,33 @@ def up(workers: bool, api_port: int | None) -> None:
     click.echo(f"redis     {r_url}")
     db.migrate(db_url)
     click.echo("schema    migrated to the latest revision")
+    if api_port:
+        click.echo(f"api key   {_admin_key(settings)}")
     if workers:
         env = {"PGRAG_HOME": str(settings.state_dir)}
         started = processes.start(settings, processes.default_processes(settings, api_port), env)
         for name, pid in processes.running(settings).items():
             note = "started" if name in started else "running"
             click.echo(f"{name:<14}{note} (pid {pid}, log {settings.state_dir / 'run' / name}.log)")
+
+
+UP_KEY_NAME = "pgrag-up"
+
+
+def _admin_key(settings: Any) -> str:
+    """The admin key of the embedded API, created (and saved, mode 600) on the first
+    `pgrag up --api-port`; what to tell the user about it."""
+    from pgrag import keys
+
+    saved = settings.state_dir / "api-key"
+    if saved.exists() and keys.authenticate(saved.read_text().strip()):
+        return f"admin key in {saved}"
+    if any(k.name == UP_KEY_NAME and k.revoked_at is None for k in keys.list_keys()):
+        keys.revoke_key(UP_KEY_NAME)  # its saved copy is gone: replace it
+    _, token = keys.create_key(UP_KEY_NAME, ["admin"])
+    saved.touch(mode=0o600)
+    saved.write_text(token + "\n")
+    return f"admin key (saved in {saved}): {token}"
 
 
 @main.command()
@@ -118,6 +144,70 @@ def down() -> None:
         click.echo("stopped redis")
     if not settings.database_url and services.stop_postgres(settings):
         click.echo("stopped postgres")
+
+
+# ---------------------------------------------------------------------------- API keys
+
+
+@main.group()
+def keys() -> None:
+    """API keys of the HTTP API: every route but /healthz needs one (docs/security.md)."""
+
+
+@keys.command("create")
+@click.argument("name")
+@click.option(
+    "--scope",
+    "scopes",
+    required=True,
+    help="Comma-separated: search, ask, ingest, admin (admin may do everything, everywhere).",
+)
+@click.option(
+    "--collection",
+    "collections",
+    multiple=True,
+    help="A collection the key may use; repeat for several (default: all).",
+)
+@friendly_errors
+def keys_create(name: str, scopes: str, collections: tuple[str, ...]) -> None:
+    """Create a key and print it: it is shown this once (only its hash is stored)."""
+    from pgrag.keys import create_key
+
+    wanted = [s.strip() for s in scopes.split(",") if s.strip()]
+    key, token = create_key(name, wanted, list(collections) or None)
+    click.echo(token)
+    where = ", ".join(key.collections) if key.collections is not None else "all collections"
+    click.echo(f"key {key.name}: {', '.join(key.scopes)} on {where}", err=True)
+
+
+@keys.command("list")
+@friendly_errors
+def keys_list() -> None:
+    """Every key: name, scopes, collections, last use, and whether it is revoked."""
+    from pgrag.keys import list_keys
+
+    found = list_keys()
+    if not found:
+        click.echo("no keys yet: pgrag keys create NAME --scope search,ask")
+    for k in found:
+        where = ",".join(k.collections) if k.collections is not None else "*"
+        used = f"{k.last_used_at:%Y-%m-%d %H:%M}" if k.last_used_at else "never"
+        state = f"revoked {k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "live"
+        click.echo(
+            f"{k.name:<20} pgrag_{k.prefix}_...  {','.join(k.scopes):<24} {where:<20}"
+            f" used {used}  {state}"
+        )
+
+
+@keys.command("revoke")
+@click.argument("name")
+@friendly_errors
+def keys_revoke(name: str) -> None:
+    """Revoke the live key NAME: requests with it are refused from now on."""
+    from pgrag.keys import revoke_key
+
+    revoke_key(name)
+    click.echo(f"revoked {name}")
 
 
 # ---------------------------------------------------------------------------- collections
@@ -198,19 +288,65 @@ def collections_drop(name: str) -> None:
 @friendly_errors
 def ingest(source: str, collection: str, create: bool, delete_missing: bool, wait: bool) -> None:
     """Ingest a folder, a JSONL file or a Parquet file into a collection."""
-    from pgrag import ingest as ingesting
+    from pathlib import Path
 
+    from pgrag import ingest as ingesting
+    from pgrag import remote
+
+    if remote.enabled():
+        sent = remote.upload(Path(source), collection, create=create, delete_missing=delete_missing)
+        click.echo(f"job {sent['id']}: uploaded {source} to {collection}")
+        if wait:
+            follow_job(sent["id"], remote_job)
+        return
     job = ingesting.submit(source, collection, delete_missing=delete_missing, create=create)
     click.echo(f"job {job.id}: ingesting {job.source} into {collection}")
     if wait:
         follow_job(job.id)
 
 
-def follow_job(job_id: int, interval: float = 0.5) -> None:
+@dataclass
+class JobView:
+    """What a progress bar needs of a job, from the database or the API."""
+
+    state: str
+    docs_total: int | None
+    docs_processed: int
+    chunks_done: int
+    docs_skipped: int
+    docs_failed: int
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("done", "failed", "cancelled")
+
+
+def local_job(job_id: int) -> JobView:
+    from pgrag.jobs import get_job
+
+    job = get_job(job_id)
+    return JobView(
+        job.state,
+        job.docs_total,
+        job.docs_processed,
+        job.chunks_done,
+        job.docs_skipped,
+        job.docs_failed,
+    )
+
+
+def remote_job(job_id: int) -> JobView:
+    from pgrag import remote
+
+    job = remote.job(job_id)
+    return JobView(**{f: job[f] for f in JobView.__dataclass_fields__})
+
+
+def follow_job(
+    job_id: int, get_job: Callable[[int], JobView] = local_job, interval: float = 0.5
+) -> None:
     """Show a job's progress until it ends; exits non-zero if it failed."""
     from tqdm import tqdm
-
-    from pgrag.jobs import get_job
 
     job = get_job(job_id)
     waited = time.monotonic()
@@ -229,7 +365,8 @@ def follow_job(job_id: int, interval: float = 0.5) -> None:
             if job.finished:
                 break
             time.sleep(interval)
-    show_job(job_id)
+    if get_job is local_job:
+        show_job(job_id)
     if job.state == "failed":
         sys.exit(1)
 
@@ -270,6 +407,7 @@ def show_job(job_id: int) -> None:
 @friendly_errors
 def jobs(args: tuple[str, ...]) -> None:
     """List jobs; `pgrag jobs ID` shows one with its errors; `pgrag jobs cancel ID` cancels it."""
+    from pgrag import remote
     from pgrag.jobs import cancel_job, list_jobs
 
     match args:
@@ -284,6 +422,8 @@ def jobs(args: tuple[str, ...]) -> None:
                     f"  {j.chunks_done} chunks"
                     f"  {j.docs_failed} errors  {_rate(j)}  {j.source}"
                 )
+        case (job_id,) if job_id.isdigit() and remote.enabled():
+            click.echo(json.dumps(remote.job(int(job_id)), indent=2))
         case (job_id,) if job_id.isdigit():
             show_job(int(job_id))
         case ("cancel", job_id) if job_id.isdigit():
@@ -323,12 +463,16 @@ def search(
     query: str, collection: str, k: int, mode: str, rerank: bool, filters: tuple[str, ...]
 ) -> None:
     """Retrieve the k best chunks for QUERY, with the score of each stage."""
+    from pgrag import remote
     from pgrag.collections import get_collection
     from pgrag.retrieval import retrieve
 
-    result = retrieve(
-        get_collection(collection), query, k=k, mode=mode, filters=filters, rerank=rerank
-    )
+    if remote.enabled():
+        result = remote.search(query, collection, k=k, mode=mode, filters=filters, rerank=rerank)
+    else:
+        result = retrieve(
+            get_collection(collection), query, k=k, mode=mode, filters=filters, rerank=rerank
+        )
     if not result.passages:
         click.echo("no matching chunks")
     for rank, p in enumerate(result.passages, 1):
@@ -391,9 +535,9 @@ def ask(
 
     The question is queued for a query worker (`pgrag up` starts one).
     """
-    from pgrag import answering
+    from pgrag.client import submit
 
-    query_id = answering.submit(
+    query_id = submit(
         question, collection, k=k, rerank=rerank, filters=filters, generator=generator
     )
     if not wait:

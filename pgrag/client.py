@@ -14,6 +14,9 @@ Events are those of `pgrag.streaming` (status, passages, token, done, error), in
 the first; the last is always `done` or `error`. `follow(id)` reads a question asked earlier
 (or elsewhere): while its stream lasts (PGRAG_ANSWER_TTL_S) from the stream, afterwards the
 final event is rebuilt from the stored row.
+
+With PGRAG_API_URL set, the same calls go through the HTTP API (`pgrag.remote`) with the key
+in PGRAG_API_KEY, instead of to PostgreSQL and Redis directly.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 
-from pgrag import answering, streaming
+from pgrag import answering, remote, streaming
 from pgrag.schema import Query
 from pgrag.streaming import Event, StreamTimeout
 
-__all__ = ["Event", "StreamTimeout", "ask", "final_event", "follow"]
+__all__ = ["Event", "StreamTimeout", "ask", "final_event", "follow", "submit"]
 
 
 def ask(
@@ -39,10 +42,24 @@ def ask(
     timeout_s: float = streaming.READ_TIMEOUT_S,
 ) -> Iterator[Event]:
     """Queue a question and yield its events; the first (status "queued") carries its id."""
-    query_id = answering.submit(
+    query_id = submit(
         question, collection, k=k, rerank=rerank, filters=filters, generator=generator
     )
     return follow(query_id, timeout_s=timeout_s)
+
+
+def submit(
+    question: str,
+    collection: str,
+    *,
+    k: int = answering.DEFAULT_K,
+    rerank: bool | None = None,
+    filters: Sequence[str] = (),
+    generator: str | None = None,
+) -> uuid.UUID:
+    """Queue a question; returns its id for `follow`."""
+    send = remote.submit if remote.enabled() else answering.submit
+    return send(question, collection, k=k, rerank=rerank, filters=filters, generator=generator)
 
 
 def follow(
@@ -50,6 +67,8 @@ def follow(
 ) -> Iterator[Event]:
     """The events of a question asked earlier. UnknownQuestion (a LookupError) when there is
     no such question; StreamTimeout when no final event comes within `timeout_s`."""
+    if remote.enabled():
+        return remote.follow(query_id, timeout_s=timeout_s)
     row = answering.get_query(query_id)  # fails at once for an unknown id
     if row.state in ("done", "failed") and not streaming.exists(row.id):
         return iter([final_event(row)])

@@ -13,7 +13,7 @@ from typing import Any
 
 from pgvector.sqlalchemy import Vector
 from sqlalchemy import BigInteger, DateTime, ForeignKey, LargeBinary, MetaData, Text
-from sqlalchemy.dialects.postgresql import JSONB, REGCONFIG
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REGCONFIG
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 TERMINAL_JOB_STATES = ("done", "failed", "cancelled")
@@ -158,3 +158,26 @@ class Query(Base):
     created_at: Mapped[datetime] = mapped_column(server_default="now()")
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    api_key_id: Mapped[int | None] = mapped_column(
+        BigInteger, ForeignKey("pgrag.api_keys.id", ondelete="SET NULL")
+    )
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    prefix: Mapped[str] = mapped_column(Text, unique=True)
+    hash: Mapped[bytes] = mapped_column(LargeBinary)
+    scopes: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    collections: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    created_at: Mapped[datetime] = mapped_column(server_default="now()")
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+    def sees(self, collection: str) -> bool:
+        return self.collections is None or collection in self.collections

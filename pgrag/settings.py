@@ -65,12 +65,34 @@ class Settings:
     lost_after_s: float = 15.0
     sweep_s: float = 5.0
 
+    # HTTP API (docs/security.md). Every route but /healthz needs a key (`pgrag keys`).
+    # Server folders that POST /v1/ingest may read, os.pathsep-separated; empty: none (upload
+    # documents instead). The CLI on the server reads any local path its user can.
+    source_roots: str = ""
+    upload_dir: str = ""  # uploaded documents; empty: <home>/uploads
+    max_request_mb: float = 256.0  # an upload request, all files together
+    max_upload_file_mb: float = 128.0  # one uploaded file (a JSONL or Parquet file may hold many)
+    max_json_kb: int = 1024  # any other request body
+    rate_ask_per_min: int = 60  # questions per key a minute (0: unlimited)
+    rate_ingest_per_min: int = 10  # ingest jobs per key a minute (0: unlimited)
+    # The client and the CLI talk to this API instead of PostgreSQL and Redis when it is set.
+    api_url: str = ""
+    api_key: str = ""
+
     # Celery. The visibility timeout is a last backstop: the sweeper recovers work sooner.
     visibility_timeout_s: int = 3600
 
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def uploads(self) -> Path:
+        return Path(self.upload_dir).resolve() if self.upload_dir else self.state_dir / "uploads"
+
+    @property
+    def source_root_paths(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.source_roots.split(os.pathsep) if p.strip()]
 
 
 def _parse(value: str, kind: Any) -> Any:

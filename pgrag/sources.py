@@ -19,7 +19,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NamedTuple, Protocol
@@ -85,6 +85,25 @@ class SourceNotFound(ValueError):
 
 class InvalidSource(SourceNotFound):
     """The source exists but nothing can be read from it (e.g. a Parquet without `text`)."""
+
+
+class SourceNotAllowed(SourceNotFound):
+    """A path outside the folders this server was configured to read."""
+
+
+def allowed_path(path: str, roots: Sequence[Path]) -> Path:
+    """`path` resolved, symlinks included, when it lies under one of `roots`; otherwise
+    SourceNotAllowed, saying the same whether or not it exists. Nothing is opened."""
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError, ValueError):  # a NUL byte, a symlink loop
+        resolved = None
+    if resolved is None or not any(resolved.is_relative_to(root) for root in roots):
+        raise SourceNotAllowed(
+            f"{path}: not under a folder this server may read (PGRAG_SOURCE_ROOTS);"
+            " upload the documents instead (POST /v1/collections/{name}/documents)"
+        )
+    return resolved
 
 
 class Source(Protocol):

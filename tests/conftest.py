@@ -11,11 +11,14 @@ import os
 import re
 import signal
 import subprocess
+import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
@@ -152,11 +155,74 @@ def worker(services: Path) -> Iterator[Worker]:
     w.stop()
 
 
+@pytest.fixture(scope="session")
+def api(worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`uvicorn api.app:app` in a process of its own, with small limits to test; its URL.
+    It may read server folders under examples/ only, and stores uploads in a folder of its
+    own (`API_UPLOADS`)."""
+    from tests.openai_server import free_port
+
+    port = free_port()
+    folder = tmp_path_factory.mktemp("api")
+    env = {
+        **os.environ,
+        "PGRAG_SOURCE_ROOTS": str(EXAMPLES),
+        "PGRAG_UPLOAD_DIR": str(folder / "uploads"),
+        "PGRAG_MAX_UPLOAD_FILE_MB": str(API_FILE_MB),
+        "PGRAG_MAX_REQUEST_MB": str(API_REQUEST_MB),
+        "PGRAG_RATE_ASK_PER_MIN": str(API_ASKS_PER_MIN),
+    }
+    with open(folder / "uvicorn.log", "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port)],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, (folder / "uvicorn.log").read_text()
+        assert time.monotonic() < deadline, (folder / "uvicorn.log").read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(30)
+
+
+API_FILE_MB = 0.05  # uploads: 50 KiB a file (the sample corpus's files are smaller)
+API_REQUEST_MB = 1.0
+API_ASKS_PER_MIN = 30
+
+
+class KeyClient(httpx.Client):
+    """An httpx client of the API that sends a key of its own, made for it."""
+
+    def __init__(self, url: str, scopes: list[str], collections: list[str] | None = None):
+        from pgrag import keys
+
+        key, self.token = keys.create_key(f"test-{uuid.uuid4().hex[:8]}", scopes, collections)
+        self.key_id, self.key_name = key.id, key.name
+        super().__init__(
+            base_url=url, headers={"Authorization": f"Bearer {self.token}"}, timeout=300
+        )
+
+
+@pytest.fixture(scope="session")
+def admin(api: str) -> KeyClient:
+    """A client of the API with an admin key."""
+    return KeyClient(api, ["admin"])
+
+
 @pytest.fixture(scope="module")
 def kb(worker: Worker) -> str:
     """The sample corpus, ingested once per test module that asks for it."""
-    import uuid
-
     from pgrag import ingest
     from pgrag.jobs import get_job
 

@@ -1,63 +1,31 @@
 """The HTTP API end to end: a real uvicorn serving `api.app:app` on a loopback port, in front
 of real PostgreSQL + pgvector, Redis and Celery workers; answers read as server-sent events
-with a real HTTP client."""
+with a real HTTP client. Requests carry an admin key here; tests/test_security.py tries the
+others."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import ANSWERED, EXAMPLES, QUESTIONS, ROOT, Worker
-from tests.openai_server import free_port
+from tests.conftest import ANSWERED, EXAMPLES, QUESTIONS, KeyClient
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def api(worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`uvicorn api.app:app` in a process of its own; its base URL."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("api") / "uvicorn.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port)],
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, log.read_text()
-        assert time.monotonic() < deadline, log.read_text()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    yield url
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(30)
-
-
-@pytest.fixture(scope="module")
-def kb(api: str) -> str:
-    """The sample corpus, ingested through the API."""
+def kb(admin: KeyClient) -> str:
+    """The sample corpus, ingested through the API from a server folder (under the API's
+    PGRAG_SOURCE_ROOTS)."""
     name = f"api_{uuid.uuid4().hex[:8]}"
     body = {"source": str(EXAMPLES / "corpus"), "collection": name, "create": True}
-    r = httpx.post(f"{api}/v1/ingest", json=body)
+    r = admin.post("/v1/ingest", json=body)
     assert r.status_code == 202, r.text
     job = r.json()
     assert job["state"] == "queued" and job["source"] == body["source"]
@@ -65,7 +33,7 @@ def kb(api: str) -> str:
     while job["state"] not in ("done", "failed", "cancelled"):
         assert time.monotonic() < deadline, job
         time.sleep(0.3)
-        job = httpx.get(f"{api}/v1/jobs/{job['id']}").json()
+        job = admin.get(f"/v1/jobs/{job['id']}").json()
     assert (job["state"], job["docs_done"], job["docs_failed"], job["errors"]) == (
         "done",
         34,
@@ -77,10 +45,12 @@ def kb(api: str) -> str:
     return name
 
 
-def sse(url: str, headers: dict[str, str] | None = None) -> list[dict[str, Any]]:
+def sse(
+    client: httpx.Client, path: str, headers: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Server-sent events read with httpx as they arrive: [{id, event, data}]."""
     events: list[dict[str, Any]] = []
-    with httpx.stream("GET", url, headers=headers, timeout=300) as r:
+    with client.stream("GET", path, headers=headers) as r:
         assert r.status_code == 200, r.read()
         assert r.headers["content-type"].startswith("text/event-stream")
         event: dict[str, Any] = {}
@@ -112,6 +82,7 @@ def test_healthz_and_openapi(api: str) -> None:
         "/v1/search",
         "/v1/ingest",
         "/v1/jobs/{job_id}",
+        "/v1/collections/{name}/documents",
         "/healthz",
     }
     schemas = spec["components"]["schemas"]
@@ -121,22 +92,32 @@ def test_healthz_and_openapi(api: str) -> None:
     )
     answers = spec["paths"]["/v1/answers/{query_id}"]["get"]["responses"]["200"]["content"]
     assert {"text/event-stream", "application/json"} == set(answers)
+    # The key scheme, required by every route but /healthz.
+    assert spec["components"]["securitySchemes"]["api_key"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": spec["components"]["securitySchemes"]["api_key"]["description"],
+    }
+    for path, methods in spec["paths"].items():
+        for op in methods.values():
+            assert (op.get("security") == [{"api_key": []}]) == (path != "/healthz"), path
 
 
-def test_ingest_and_jobs_errors(api: str, kb: str) -> None:
-    r = httpx.post(f"{api}/v1/ingest", json={"source": "/no/such/folder", "collection": kb})
+def test_ingest_and_jobs_errors(admin: KeyClient, kb: str) -> None:
+    missing = str(EXAMPLES / "no-such-folder")
+    r = admin.post("/v1/ingest", json={"source": missing, "collection": kb})
     assert r.status_code == 400 and "does not exist" in r.json()["detail"]
-    r = httpx.post(
-        f"{api}/v1/ingest", json={"source": str(EXAMPLES / "corpus"), "collection": "nope_x"}
-    )
+    r = admin.post("/v1/ingest", json={"source": "/no/such/folder", "collection": kb})
+    assert r.status_code == 400 and "PGRAG_SOURCE_ROOTS" in r.json()["detail"]
+    r = admin.post("/v1/ingest", json={"source": str(EXAMPLES / "corpus"), "collection": "nope_x"})
     assert r.status_code == 400 and "collection 'nope_x' does not exist" in r.json()["detail"]
-    assert httpx.get(f"{api}/v1/jobs/987654321").status_code == 404
-    assert httpx.post(f"{api}/v1/ingest", json={"collection": kb}).status_code == 422
+    assert admin.get("/v1/jobs/987654321").status_code == 404
+    assert admin.post("/v1/ingest", json={"collection": kb}).status_code == 422
 
 
-def test_search(api: str, kb: str) -> None:
+def test_search(admin: KeyClient, kb: str) -> None:
     question, document = QUESTIONS[0]
-    r = httpx.post(f"{api}/v1/search", json={"query": question, "collection": kb, "k": 3})
+    r = admin.post("/v1/search", json={"query": question, "collection": kb, "k": 3})
     assert r.status_code == 200, r.text
     found = r.json()
     assert len(found["passages"]) == 3
@@ -145,26 +126,26 @@ def test_search(api: str, kb: str) -> None:
     assert {"embed", "recall"} <= set(found["timings"])
 
     body = {"query": question, "collection": kb, "k": 2, "filters": ["team=people"]}
-    passages = httpx.post(f"{api}/v1/search", json=body).json()["passages"]
+    passages = admin.post("/v1/search", json=body).json()["passages"]
     assert len(passages) == 2 and all(p["metadata"]["team"] == "people" for p in passages)
 
-    r = httpx.post(f"{api}/v1/search", json={"query": "x", "collection": "nope_x"})
+    r = admin.post("/v1/search", json={"query": "x", "collection": "nope_x"})
     assert r.status_code == 404
-    r = httpx.post(f"{api}/v1/search", json={"query": "x", "collection": kb, "filters": ["?"]})
+    r = admin.post("/v1/search", json={"query": "x", "collection": kb, "filters": ["?"]})
     assert r.status_code == 400
-    r = httpx.post(f"{api}/v1/search", json={"query": "", "collection": kb})
+    r = admin.post("/v1/search", json={"query": "", "collection": kb})
     assert r.status_code == 422
 
 
-def test_ask_then_read_the_answer_as_server_sent_events(api: str, kb: str) -> None:
+def test_ask_then_read_the_answer_as_server_sent_events(admin: KeyClient, kb: str) -> None:
     for question, document in QUESTIONS[2:5]:
         body = {"question": question, "collection": kb, "generator": "extractive"}
-        r = httpx.post(f"{api}/v1/ask", json=body)
+        r = admin.post("/v1/ask", json=body)
         assert r.status_code == 202, r.text
         query_id = r.json()["id"]
         assert r.json()["answer_url"] == f"/v1/answers/{query_id}"
 
-        events = sse(f"{api}/v1/answers/{query_id}")
+        events = sse(admin, f"/v1/answers/{query_id}")
         assert ANSWERED.match(kinds(events)), kinds(events)
         assert events[0]["data"] == {"state": "queued", "id": query_id}
         done = events[-1]["data"]
@@ -172,7 +153,7 @@ def test_ask_then_read_the_answer_as_server_sent_events(api: str, kb: str) -> No
         assert tokens.strip() == done["answer"]
         assert done["citations"][0]["external_id"] == document
 
-        stored = httpx.get(f"{api}/v1/answers/{query_id}", params={"wait": "false"}).json()
+        stored = admin.get(f"/v1/answers/{query_id}", params={"wait": "false"}).json()
         assert (stored["state"], stored["question"]) == ("done", question)
         assert stored["answer"] == done["answer"]
         assert stored["citations"] == [{"inferred": False, **c} for c in done["citations"]]
@@ -181,35 +162,35 @@ def test_ask_then_read_the_answer_as_server_sent_events(api: str, kb: str) -> No
         assert stored["passages"] == passages
 
         # A late reader gets every event from the first; Last-Event-ID resumes after one.
-        assert sse(f"{api}/v1/answers/{query_id}") == events
-        resumed = sse(f"{api}/v1/answers/{query_id}", {"Last-Event-ID": events[2]["id"]})
+        assert sse(admin, f"/v1/answers/{query_id}") == events
+        resumed = sse(admin, f"/v1/answers/{query_id}", {"Last-Event-ID": events[2]["id"]})
         assert resumed == events[3:]
 
 
-def test_bad_questions_arrive_as_error_events(api: str, kb: str) -> None:
+def test_bad_questions_arrive_as_error_events(admin: KeyClient, kb: str) -> None:
     for body, reason in [
         ({"question": "", "collection": kb}, "the question is empty"),
         ({"question": "a" * 100_000, "collection": kb}, "over the limit"),
         ({"question": "hi", "collection": "nope_x"}, "does not exist"),
     ]:
-        r = httpx.post(f"{api}/v1/ask", json=body)
+        r = admin.post("/v1/ask", json=body)
         assert r.status_code == 202
-        events = sse(f"{api}/v1/answers/{r.json()['id']}")
+        events = sse(admin, f"/v1/answers/{r.json()['id']}")
         assert re.match(r"^(status )+error$", kinds(events)), kinds(events)
         assert reason in events[-1]["data"]["reason"]
-        stored = httpx.get(f"{api}/v1/answers/{r.json()['id']}?wait=false").json()
+        stored = admin.get(f"/v1/answers/{r.json()['id']}?wait=false").json()
         assert (stored["state"], stored["error"]) == ("failed", events[-1]["data"]["reason"])
 
-    assert httpx.get(f"{api}/v1/answers/{uuid.uuid4()}").status_code == 404
-    assert httpx.get(f"{api}/v1/answers/{uuid.uuid4()}?wait=false").status_code == 404
-    assert httpx.get(f"{api}/v1/answers/not-an-id").status_code == 422
-    r = httpx.post(f"{api}/v1/ask", json={"question": "hi", "collection": kb, "k": 0})
+    assert admin.get(f"/v1/answers/{uuid.uuid4()}").status_code == 404
+    assert admin.get(f"/v1/answers/{uuid.uuid4()}?wait=false").status_code == 404
+    assert admin.get("/v1/answers/not-an-id").status_code == 422
+    r = admin.post("/v1/ask", json={"question": "hi", "collection": kb, "k": 0})
     assert r.status_code == 422
-    r = httpx.post(f"{api}/v1/ask", json={"question": "hi", "collection": kb, "generator": "x"})
+    r = admin.post("/v1/ask", json={"question": "hi", "collection": kb, "generator": "x"})
     assert r.status_code == 422
 
     question, document = QUESTIONS[6]
-    r = httpx.post(f"{api}/v1/ask", json={"question": question, "collection": kb})
-    events = sse(f"{api}/v1/answers/{r.json()['id']}")
+    r = admin.post("/v1/ask", json={"question": question, "collection": kb})
+    events = sse(admin, f"/v1/answers/{r.json()['id']}")
     assert events[-1]["event"] == "done"
     assert events[-1]["data"]["citations"][0]["external_id"] == document

@@ -538,7 +538,7 @@ def test_reader_role_reads_everything_and_writes_nothing(
         for r in rows(
             conn,
             "SELECT relname FROM pg_class WHERE relnamespace = 'pgrag'::regnamespace"
-            " AND relkind IN ('r', 'v') ORDER BY relname",
+            " AND relkind IN ('r', 'v') AND relname <> 'api_keys' ORDER BY relname",
         )
     ]
     chunk_id = scalar(conn, "SELECT min(id) FROM pgrag.chunks WHERE collection_id = %s", kb.id)
@@ -573,6 +573,9 @@ def test_reader_role_reads_everything_and_writes_nothing(
                 " WHERE id = %s), 3)",
                 (kb.id, chunk_id),
             ).fetchall()
+            # The API keys' hashes are the one thing it may not read.
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                reader.execute("SELECT hash FROM pgrag.api_keys")
         # And the catalog agrees for everything in the schema, including what later
         # migrations add: read and execute, never write.
         privileges = rows(
@@ -582,7 +585,9 @@ def test_reader_role_reads_everything_and_writes_nothing(
             " AS can_write FROM pg_class c"
             " WHERE c.relnamespace = 'pgrag'::regnamespace AND c.relkind IN ('r', 'v', 'm')",
         )
-        assert {(r["can_read"], r["can_write"]) for r in privileges} == {(True, False)}
+        assert {
+            (r["relname"] == "api_keys", r["can_read"], r["can_write"]) for r in privileges
+        } == {(False, True, False), (True, False, False)}
         assert (
             rows(
                 conn,

@@ -12,18 +12,20 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Header, HTTPException
+from fastapi import APIRouter, Depends, Header, HTTPException
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import check_collection, rate_limit, requires
 from pgrag import answering, streaming
 from pgrag.client import final_event
-from pgrag.schema import Query
+from pgrag.schema import ApiKey, Query
 
 router = APIRouter(tags=["answers"])
+AskKey = Annotated[ApiKey, Depends(requires("ask"))]
 
 # Far above PGRAG_MAX_QUESTION_CHARS: longer questions are refused by the worker with an
 # `error` event that says so; this only keeps absurd bodies out of the database.
@@ -79,10 +81,20 @@ class Answer(BaseModel):
     finished_at: datetime | None
 
 
-@router.post("/v1/ask", status_code=202)
-def ask(body: AskRequest) -> AskResponse:
+@router.post(
+    "/v1/ask",
+    status_code=202,
+    responses={
+        404: {"description": "A collection this key may not use"},
+        429: {"description": "Too many questions from this key; see Retry-After"},
+    },
+)
+def ask(body: AskRequest, key: AskKey) -> AskResponse:
     """Queue a question for the query workers. Problems with it (an empty or too long
-    question, an unknown collection, ...) arrive as the stream's `error` event."""
+    question, an unknown collection, ...) arrive as the stream's `error` event. Its answer
+    can be read with this key (or an admin key) only."""
+    check_collection(key, body.collection)
+    rate_limit(key, "ask")
     query_id = answering.submit(
         body.question,
         body.collection,
@@ -90,6 +102,7 @@ def ask(body: AskRequest) -> AskResponse:
         rerank=body.rerank,
         filters=body.filters,
         generator=body.generator,
+        api_key_id=key.id,
     )
     return AskResponse(id=query_id, answer_url=f"/v1/answers/{query_id}")
 
@@ -110,17 +123,20 @@ SSE_DOC = (
             "description": f"{SSE_DOC} With wait=false: the stored question and answer (JSON).",
             "content": {"text/event-stream": {"schema": {"type": "string"}}},
         },
-        404: {"description": "Unknown question id"},
+        404: {"description": "Unknown question id, or one asked with another key"},
     },
 )
 async def get_answer(
     query_id: uuid.UUID,
+    key: AskKey,
     wait: bool = True,
     last_event_id: str | None = Header(None, description="Resume after this event id"),
 ) -> StreamingResponse | Answer:
     """The question's events as they come (wait=true), or its stored row (wait=false)."""
     try:
         row = await run_in_threadpool(answering.get_query, query_id)
+        if row.api_key_id != key.id and not key.allows("admin"):
+            raise answering.UnknownQuestion(query_id)  # the same 404 as a wrong id
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
     if not wait:

@@ -1,21 +1,33 @@
-"""`POST /v1/ingest` queues an ingest job; `GET /v1/jobs/{id}` reports on it."""
+"""Ingest jobs: of uploaded documents (`POST /v1/collections/{name}/documents`) or of a
+server folder under PGRAG_SOURCE_ROOTS (`POST /v1/ingest`); `GET /v1/jobs/{id}` reports on
+one. All need a key with the ingest scope."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
-from pgrag import ingest, jobs
-from pgrag.schema import IngestJob
+from api.auth import check_collection, rate_limit, requires
+from pgrag import ingest, jobs, uploads
+from pgrag.collections import get_collection_by_id
+from pgrag.schema import ApiKey, IngestJob
+from pgrag.settings import get_settings
+from pgrag.sources import allowed_path
+
+IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 
 router = APIRouter(tags=["ingest"])
 
 
 class IngestRequest(BaseModel):
     source: str = Field(
-        description="A folder, JSONL, JSON or Parquet file on the server's filesystem"
+        description="A folder, JSONL, JSON or Parquet file on the server, under one of its "
+        "PGRAG_SOURCE_ROOTS (none by default: upload documents instead)"
     )
     collection: str
     create: bool = Field(False, description="Create the collection if it does not exist")
@@ -32,6 +44,7 @@ class JobError(BaseModel):
 class Job(BaseModel):
     id: int
     collection_id: int
+    collection: str = Field("", description="The collection's name")
     source: str
     state: str = Field(description="queued, running, indexing, done, failed or cancelled")
     docs_total: int | None
@@ -64,6 +77,7 @@ ERRORS_SHOWN = 100
 
 def _job(job: IngestJob, with_errors: bool = True) -> Job:
     out = Job.model_validate(job, from_attributes=True)
+    out.collection = get_collection_by_id(job.collection_id).name
     out.recovered, out.last_recovery = jobs.job_recoveries(job.id)
     if with_errors:
         out.errors = [
@@ -72,26 +86,123 @@ def _job(job: IngestJob, with_errors: bool = True) -> Job:
     return out
 
 
-@router.post(
-    "/v1/ingest",
-    status_code=202,
-    responses={400: {"description": "Bad source path or unknown collection"}},
-)
-def submit(body: IngestRequest) -> Job:
-    """Queue an ingest job; poll `GET /v1/jobs/{id}` for its progress."""
+def _queue(source: Path, collection: str, *, create: bool, delete_missing: bool) -> Job:
     try:
-        job = ingest.submit(
-            body.source, body.collection, delete_missing=body.delete_missing, create=body.create
-        )
+        job = ingest.submit(source, collection, delete_missing=delete_missing, create=create)
     except (LookupError, ValueError) as e:  # SourceNotFound, UnknownCollection, a bad name
         raise HTTPException(400, str(e).strip("'\"")) from None
     return _job(jobs.get_job(job.id), with_errors=False)
 
 
+@router.post(
+    "/v1/ingest",
+    status_code=202,
+    responses={
+        400: {"description": "A path outside PGRAG_SOURCE_ROOTS, a bad source or collection"},
+        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+    },
+)
+def submit(body: IngestRequest, key: IngestKey) -> Job:
+    """Queue an ingest job of a server folder or file; poll `GET /v1/jobs/{id}`."""
+    check_collection(key, body.collection)
+    try:
+        source = allowed_path(body.source, get_settings().source_root_paths)
+    except ValueError as e:
+        raise HTTPException(400, str(e)) from None
+    rate_limit(key, "ingest")
+    return _queue(source, body.collection, create=body.create, delete_missing=body.delete_missing)
+
+
+# The media types of a body that is one JSONL or Parquet file, and the name it is stored as.
+BODY_FILES = {
+    "application/x-ndjson": "documents.jsonl",
+    "application/jsonl": "documents.jsonl",
+    "application/vnd.apache.parquet": "documents.parquet",
+    "application/x-parquet": "documents.parquet",
+}
+UPLOAD_BODY = {
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+        **{media: {"schema": {"type": "string", "format": "binary"}} for media in BODY_FILES},
+    }
+}
+
+
+@router.post(
+    "/v1/collections/{name}/documents",
+    status_code=202,
+    openapi_extra={"requestBody": UPLOAD_BODY},
+    responses={
+        400: {"description": "Unknown collection (without create) or an unreadable source"},
+        404: {"description": "A collection this key may not use"},
+        413: {"description": "The request or one file is over its size limit"},
+        415: {"description": "A file type or body media type that pgrag does not read"},
+        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+    },
+)
+async def upload(
+    name: str,
+    request: Request,
+    key: IngestKey,
+    create: bool = False,
+    delete_missing: bool = False,
+) -> Job:
+    """Upload documents and queue their ingest job: multipart files (txt, md, html, pdf,
+    json, jsonl, parquet; any field name), or a body that is one JSONL
+    (application/x-ndjson) or Parquet (application/vnd.apache.parquet) file. Client file
+    names are used as names only, never as paths."""
+    check_collection(key, name)
+    await run_in_threadpool(rate_limit, key, "ingest")
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    folder = await run_in_threadpool(uploads.new_folder)
+    try:
+        if media == "multipart/form-data":
+            source = folder
+            await _save_files(request, folder)
+        elif media in BODY_FILES:
+            source = folder / BODY_FILES[media]
+            await uploads.save_stream(request.stream(), source)
+        else:
+            raise uploads.UploadRefused(
+                f"send multipart/form-data files or one of {', '.join(BODY_FILES)}", 415
+            )
+        return await run_in_threadpool(
+            _queue, source, name, create=create, delete_missing=delete_missing
+        )
+    except uploads.UploadRefused as e:
+        uploads.discard(folder)
+        raise HTTPException(e.status, str(e)) from None
+    except BaseException:
+        uploads.discard(folder)
+        raise
+
+
+async def _save_files(request: Request, folder: Path) -> None:
+    # The multipart parser spools each file to a temporary file as it arrives (in memory up
+    # to 1 MiB), so no upload is ever held whole in memory.
+    async with request.form(max_files=10_000, max_fields=100) as form:
+        files = [v for _, v in form.multi_items() if not isinstance(v, str)]
+        if not files:
+            raise uploads.UploadRefused("no files in the form")
+        for file in files:
+            dest = uploads.destination(folder, file.filename)
+            await run_in_threadpool(uploads.copy_file, file.file, dest)
+
+
 @router.get("/v1/jobs/{job_id}", responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int) -> Job:
+def get_job(job_id: int, key: IngestKey) -> Job:
     """An ingest job's state and counters, with its first per-document errors."""
     try:
-        return _job(jobs.get_job(job_id))
+        job = jobs.get_job(job_id)
+        if not key.sees(get_collection_by_id(job.collection_id).name):
+            raise jobs.UnknownJob(job_id)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
+    return _job(job)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
+from api.auth import check_collection, requires
 from pgrag.collections import get_collection
 from pgrag.rerank import RerankerUnavailable
 from pgrag.retrieval import retrieve
+from pgrag.schema import ApiKey
 
 router = APIRouter(tags=["search"])
 
@@ -55,8 +57,11 @@ class SearchResponse(BaseModel):
         503: {"description": "rerank was asked for and the reranker model cannot be loaded"},
     },
 )
-def search(body: SearchRequest) -> SearchResponse:
+def search(
+    body: SearchRequest, key: Annotated[ApiKey, Depends(requires("search"))]
+) -> SearchResponse:
     """The k best passages for a query, with the score of each retrieval stage."""
+    check_collection(key, body.collection)
     try:
         collection = get_collection(body.collection)
     except LookupError as e:

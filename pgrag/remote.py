@@ -1,0 +1,147 @@
+"""The HTTP API from Python: what `pgrag.client` and the CLI use when PGRAG_API_URL is set.
+
+Every request carries `Authorization: Bearer $PGRAG_API_KEY`. Answers arrive as the API's
+server-sent events and are turned back into `pgrag.streaming.Event`s, so a caller cannot
+tell a remote question from a local one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from pgrag.retrieval import Passage, Retrieval
+from pgrag.settings import get_settings
+from pgrag.sources import SUFFIX_TYPES
+from pgrag.streaming import Event, StreamTimeout
+
+BODY_TYPES = {".jsonl": "application/x-ndjson", ".parquet": "application/vnd.apache.parquet"}
+
+
+class ApiError(RuntimeError):
+    """The API refused a request; the message is its status and reason."""
+
+
+def enabled() -> bool:
+    return bool(get_settings().api_url)
+
+
+def _client(timeout_s: float = 60.0) -> httpx.Client:
+    settings = get_settings()
+    if not settings.api_key:
+        raise ApiError(f"PGRAG_API_URL is {settings.api_url}: set PGRAG_API_KEY to a key for it")
+    return httpx.Client(
+        base_url=settings.api_url,
+        headers={"Authorization": f"Bearer {settings.api_key}"},
+        timeout=httpx.Timeout(timeout_s, connect=10.0),
+    )
+
+
+def _json(response: httpx.Response) -> Any:
+    if response.is_error:
+        response.read()
+        try:
+            reason = response.json()["detail"]
+        except (ValueError, KeyError, TypeError):
+            reason = response.text
+        raise ApiError(f"{response.request.url.path}: {response.status_code} {reason}")
+    return response.json()
+
+
+def submit(
+    question: str,
+    collection: str,
+    *,
+    k: int,
+    rerank: bool | None,
+    filters: Sequence[str],
+    generator: str | None,
+) -> uuid.UUID:
+    body = {
+        "question": question,
+        "collection": collection,
+        "k": k,
+        "rerank": rerank,
+        "filters": list(filters),
+        "generator": generator,
+    }
+    with _client() as client:
+        return uuid.UUID(_json(client.post("/v1/ask", json=body))["id"])
+
+
+def follow(query_id: uuid.UUID | str, *, timeout_s: float) -> Iterator[Event]:
+    """The question's events, read from the API's server-sent events."""
+    with (
+        _client(timeout_s) as client,
+        client.stream("GET", f"/v1/answers/{query_id}") as response,
+    ):
+        if response.is_error:
+            _json(response)
+        fields: dict[str, str] = {}
+        try:
+            for line in response.iter_lines():
+                if line:
+                    name, _, value = line.partition(":")
+                    fields[name] = value.removeprefix(" ")
+                    continue
+                if "event" in fields:
+                    event = Event(fields["event"], json.loads(fields["data"]), fields.get("id", ""))
+                    yield event
+                    if event.final:
+                        return
+                fields = {}
+        except httpx.ReadTimeout:
+            raise StreamTimeout(f"no event within {timeout_s:g} s") from None
+    raise StreamTimeout("the answer stream ended before a final event")
+
+
+def search(
+    query: str, collection: str, *, k: int, mode: str, filters: Sequence[str], rerank: bool
+) -> Retrieval:
+    body = {
+        "query": query,
+        "collection": collection,
+        "k": k,
+        "mode": mode,
+        "filters": list(filters),
+        "rerank": rerank,
+    }
+    with _client() as client:
+        found = _json(client.post("/v1/search", json=body))
+    return Retrieval([Passage(**p) for p in found["passages"]], found["timings"])
+
+
+def upload(path: Path, collection: str, *, create: bool, delete_missing: bool) -> dict[str, Any]:
+    """Upload a folder's supported files (a multipart form) or one JSONL or Parquet file (its
+    body) and return the queued job. Files are streamed from disk, not read whole."""
+    params = {"create": create, "delete_missing": delete_missing}
+    url = f"/v1/collections/{collection}/documents"
+    with _client(timeout_s=600.0) as client:
+        if path.is_file() and path.suffix.lower() in BODY_TYPES:
+            with open(path, "rb") as f:
+                headers = {"Content-Type": BODY_TYPES[path.suffix.lower()]}
+                return dict(_json(client.post(url, params=params, content=f, headers=headers)))
+        files = [
+            p
+            for p in ([path] if path.is_file() else sorted(path.rglob("*")))
+            if p.is_file() and p.suffix.lower() in SUFFIX_TYPES
+        ]
+        if not files:
+            raise ApiError(f"{path}: no files to upload (supported: {', '.join(SUFFIX_TYPES)})")
+        handles = [open(p, "rb") for p in files]  # noqa: SIM115 (closed below)
+        try:
+            form = [("files", (p.name, h)) for p, h in zip(files, handles, strict=True)]
+            return dict(_json(client.post(url, params=params, files=form)))
+        finally:
+            for h in handles:
+                h.close()
+
+
+def job(job_id: int) -> dict[str, Any]:
+    with _client() as client:
+        return dict(_json(client.get(f"/v1/jobs/{job_id}")))
