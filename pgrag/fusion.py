@@ -91,7 +91,8 @@ def fused_scores(lists: Mapping[str, Sequence[Ranked]], fusion: Fusion) -> dict[
             for rank, p in enumerate(passages, 1):
                 total[p.chunk_id] += 2 * weight / (RRF_K + rank)
             continue
-        z = dict(zip((p.chunk_id for p in passages), zscores([p.scores[stage] for p in passages]), strict=True))
+        standard = zscores([p.scores[stage] for p in passages])
+        z = {p.chunk_id: value for p, value in zip(passages, standard, strict=True)}
         floor = min(z.values(), default=0.0)
         for chunk in chunks:
             total[chunk] += weight * z.get(chunk, floor)

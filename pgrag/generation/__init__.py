@@ -56,8 +56,6 @@ class Request:
     # The collection's embedder (texts -> unit vectors), for backends that score text.
     embed: Callable[[Sequence[str]], np.ndarray] | None = None
     question_vector: np.ndarray | None = None
-    # A short phrase with its citation rather than whole sentences.
-    concise: bool = False
 
 
 class Generator(Protocol):

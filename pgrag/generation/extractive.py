@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgrag.generation import GeneratorTimeout, Request
-from pgrag.generation.spans import answer_kind, is_kind, short_answer
-from pgrag.generation.words import content_words
+from pgrag.generation.spans import holds_kind
+from pgrag.generation.words import content_words, split_sentences
 
 __all__ = ["ExtractiveGenerator", "content_words", "sentences"]
 
@@ -26,13 +26,10 @@ KEEP_RATIO = 0.8  # a sentence after the best is kept when it scores this share 
 MIN_WORDS = 4  # shorter "sentences" are headings or list labels
 RANK_PENALTY = 0.02  # per passage rank, so ties go to the better-ranked passage
 FRAGMENT_PENALTY = 0.1
-KIND_BONUS = 0.1  # a sentence holding a word of the kind of answer asked for (a year for "when")
+CONTEXT_WEIGHT = 0.5  # a question word said only by the sentence before counts this much
+KIND_BONUS = 0.2  # a sentence holding a word of the kind of answer asked for (a year for "when")
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _BLOCK_START = re.compile(r"^\s*(#|[-*+>|]\s|\d+[.)]\s|\|)")  # heading, list item, quote, row
-_NO_END = re.compile(
-    r"(\b[A-Z]|\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|No|vs|Inc|Ltd|Co|Gen|Gov|Mt|Ft|Lt|Col|Rev))\.$"
-)
 _MARKUP = re.compile(r"^[\s#>*\-+]+|[*_`]+")
 
 
@@ -40,19 +37,8 @@ _MARKUP = re.compile(r"^[\s#>*\-+]+|[*_`]+")
 class Sentence:
     n: int  # 1-based passage number
     text: str
+    before: str = ""  # the sentence before it in its passage
     score: float = 0.0
-
-
-def split_sentences(text: str) -> list[str]:
-    """Sentences of a paragraph; a period after an initial ("James O. McKinsey") or a common
-    abbreviation ("St. Johns", "No. 182") ends none."""
-    found: list[str] = []
-    for piece in _SENTENCE_END.split(text):
-        if found and _NO_END.search(found[-1]):
-            found[-1] += " " + piece
-        else:
-            found.append(piece)
-    return found
 
 
 def blocks(text: str) -> list[str]:
@@ -108,23 +94,25 @@ class ExtractiveGenerator:
         seen: set[str] = set()
         candidates = []
         for n, passage in enumerate(request.passages, 1):
-            for text in sentences(passage.text):
+            found = sentences(passage.text)
+            for before, text in zip(["", *found], found, strict=False):
                 if text not in seen:
                     seen.add(text)
-                    candidates.append(Sentence(n, text))
+                    candidates.append(Sentence(n, text, before))
         if not candidates:
             yield "The passages found contain no sentence to answer with."
             return
         question_words = content_words(request.question)
-        kind = answer_kind(request.question)
         for c in candidates:
-            said = content_words(c.text)
-            shared = len(question_words & said)
+            said = question_words & content_words(c.text)
+            # What the sentence before says of the question often holds for this one too
+            # ("The exchange opened in 1817. ... It was re-established in April 1991.").
+            context = question_words & content_words(c.before) - said
+            shared = len(said) + CONTEXT_WEIGHT * len(context)
             c.score = shared / max(len(question_words), 1) - RANK_PENALTY * (c.n - 1)
             if c.text[0].islower():
                 c.score -= FRAGMENT_PENALTY  # the tail of a sentence cut by a chunk boundary
-            new = [w for i, w in enumerate(c.text.split()) if not content_words(w) <= question_words]
-            if any(is_kind(w.strip("\"'(),.;:"), kind, i == 0) for i, w in enumerate(new)):
+            if holds_kind(request.question, c.text):
                 c.score += KIND_BONUS
         if request.embed is not None:
             vectors = request.embed([c.text for c in candidates])
@@ -137,9 +125,6 @@ class ExtractiveGenerator:
             raise GeneratorTimeout("the extractive answer took longer than its deadline")
 
         ranked = sorted(candidates, key=lambda c: -c.score)
-        if request.concise:
-            yield f"{short_answer(request.question, ranked[0].text)} [{ranked[0].n}]"
-            return
         best = ranked[0].score
         chosen = [ranked[0]] + [
             c for c in ranked[1:MAX_SENTENCES] if best > 0 and c.score >= KEEP_RATIO * best

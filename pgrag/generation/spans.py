@@ -2,6 +2,7 @@
 
     short_answer("When was the exchange re-established?", "It was re-established in April 1991.")
     -> "April 1991"
+    concise(question, answer) -> "April 1991 [2]"   # from an answer's first cited sentence
 
 The question's wording says what kind of answer it wants (`answer_kind`: a number, a date, a
 name or place, or anything else). The sentence is cut into phrases at the question's own
@@ -16,23 +17,27 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pgrag.generation.words import STOPWORDS, stem
+from pgrag.generation.words import STOPWORDS, split_sentences, stem
 
-NUMBER_WORDS = frozenset(
+# A sentence of an answer and the citation markers after it: "It was ... 1991. [2]".
+_CITED = re.compile(r"(.+?)((?:\s*\[\d+(?:\s*,\s*\d+)*\])+)", re.DOTALL)
+
+_NUMBER_WORDS = (
     "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty "
-    "forty fifty hundred thousand million billion trillion dozen half percent".split()
+    "forty fifty hundred thousand million billion trillion dozen half percent"
 )
-MONTHS = frozenset(
-    "january february march april may june july august september october november december"
-    .split()
-)
+NUMBER_WORDS = frozenset(_NUMBER_WORDS.split())
+_MONTHS = "january february march april may june july august september october november december"
+MONTHS = frozenset(_MONTHS.split())
 # Words a short answer neither starts nor ends with.
-EDGE_WORDS = STOPWORDS | frozenset(
+_EDGE_WORDS = (
     "about after against also although among around because been before being between both "
     "but during had into like more most not nor only other over since some such than that "
     "then these they those through under until upon very were while within without would "
-    "he she his her him it them they which who whom whose".split()
+    "he she his her him it them they which who whom whose"
 )
+EDGE_WORDS = STOPWORDS | frozenset(_EDGE_WORDS.split())
+QUOTES_AND_PUNCTUATION = "\"'()[]{},;:.!?\u201c\u201d\u2018\u2019"
 # What a "what/which ..." question asks for when its answer is a proper name.
 _NAMED = (
     "company|country|city|town|team|person|poet|general|actor|chemist|group|party|river|state|"
@@ -42,10 +47,13 @@ _NAMED = (
 )
 _KINDS = [
     # (kind, question pattern), the first that matches wins
-    ("number", r"\bhow (many|much|long|old|far|large|big|tall|high|deep|wide|fast|often)\b"
-     r"|\bwhat (percentage|percent|number|amount|proportion|share)\b"),
+    (
+        "number",
+        r"\bhow (many|much|long|old|far|large|big|tall|high|deep|wide|fast|often)\b"
+        r"|\bwhat (percentage|percent|number|amount|proportion|share)\b",
+    ),
     ("date", r"\bwhen\b|\b(what|which|in what) (year|date|time|century|decade|month|day|era)\b"),
-    ("name", r"\b(who|whom|whose|where)\b|\bname\b|\b(what|which) (\w+ ){0,2}(" + _NAMED + r")s?\b"),
+    ("name", rf"\b(who|whom|whose|where)\b|\bname\b|\b(what|which) (\w+ ){{0,2}}({_NAMED})s?\b"),
 ]
 MAX_WORDS = 6  # longer phrases are cut to the words nearest the question's
 PROXIMITY_WEIGHT = 0.5
@@ -54,7 +62,7 @@ LENGTH_PENALTY = 0.05  # per word beyond MAX_WORDS / 2
 
 
 def answer_kind(question: str) -> str:
-    """"number", "date", "name" (people and places) or "other"."""
+    """ "number", "date", "name" (people and places) or "other"."""
     q = question.lower()
     return next((kind for kind, pattern in _KINDS if re.search(pattern, q)), "other")
 
@@ -79,8 +87,14 @@ def kind_strength(word: str, kind: str, first: bool = False) -> int:
     return int(capital)
 
 
-def is_kind(word: str, kind: str, first: bool = False) -> bool:
-    return kind != "other" and kind_strength(word, kind, first) == 2
+def holds_kind(question: str, sentence: str) -> bool:
+    """Whether `sentence` has a word, not said by the question, surely of the kind of
+    answer the question asks for (a year for "when", digits for "how many")."""
+    kind = answer_kind(question)
+    return kind != "other" and any(
+        not w.asked and kind_strength(w.text, kind, w.at == 0) == 2
+        for w in words_of(question, sentence)
+    )
 
 
 @dataclass
@@ -95,10 +109,10 @@ def words_of(question: str, sentence: str) -> list[Word]:
     asked = {stem(w) for w in re.findall(r"[a-z0-9]+", question.lower())} - STOPWORDS
     found = []
     for i, raw in enumerate(sentence.split()):
-        text = raw.strip("\"'“”‘’()[]{},;:.!?")
+        text = raw.strip(QUOTES_AND_PUNCTUATION)
         parts = [stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
         found.append(
-            Word(text, i, bool(parts) and all(p in asked for p in parts), raw[-1:] in ",;:)”\"")
+            Word(text, i, bool(parts) and all(p in asked for p in parts), raw[-1:] in ',;:)”"')
         )
     return found
 
@@ -138,11 +152,15 @@ def short_answer(question: str, sentence: str) -> str:
     def strength(w: Word) -> int:
         return kind_strength(w.text, kind, w.at == 0)
 
+    def closeness(run: list[Word]) -> float:
+        """How much of the question surrounds the phrase: each of its words said in the
+        sentence counts 1 / (1 + its distance in words from the phrase)."""
+        return sum(1 / (1 + min(abs(w.at - a) for w in run)) for a in anchors)
+
     def score(run: list[Word]) -> float:
         typed = max(strength(w) for w in run) / 2
-        near = min(distance(w) for w in run)
         extra = max(len(run) - MAX_WORDS / 2, 0)
-        return KIND_BONUS * typed + PROXIMITY_WEIGHT / (1 + near) - LENGTH_PENALTY * extra
+        return KIND_BONUS * typed + PROXIMITY_WEIGHT * closeness(run) - LENGTH_PENALTY * extra
 
     candidates = phrases(words)
     if not candidates:
@@ -157,3 +175,14 @@ def short_answer(question: str, sentence: str) -> str:
         start = max(best[0].at, min(centre - MAX_WORDS // 2, best[-1].at - MAX_WORDS + 1))
         best = [w for w in best if start <= w.at < start + MAX_WORDS]
     return " ".join(w.text for w in best)
+
+
+def concise(question: str, answer: str) -> str:
+    """The short answer inside `answer`'s first cited sentence, followed by that sentence's
+    citation markers (any generator's answer: it cites passages as [n])."""
+    found = _CITED.match(answer.strip())
+    if found:  # the last sentence before the first marker is the one it cites
+        sentence, markers = split_sentences(found.group(1).strip())[-1], found.group(2).strip()
+    else:
+        sentence, markers = split_sentences(answer.strip())[0], ""
+    return f"{short_answer(question, sentence)} {markers}".strip()

@@ -1,5 +1,5 @@
-"""Words of a text as the extractive generator compares them: lower case, lightly stemmed,
-stop words (and question words) left out."""
+"""Words and sentences of a text as the extractive generator compares them: words lower
+case, lightly stemmed, stop words (and question words) left out."""
 
 from __future__ import annotations
 
@@ -11,6 +11,10 @@ _STOPWORDS = (
     "your many much long often per any each"
 )
 STOPWORDS = frozenset(_STOPWORDS.split())
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+_NO_END = re.compile(
+    r"(\b[A-Z]|\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|No|vs|Inc|Ltd|Co|Gen|Gov|Mt|Ft|Lt|Col|Rev))\.$"
+)
 
 
 def stem(word: str) -> str:
@@ -20,3 +24,15 @@ def stem(word: str) -> str:
 
 def content_words(text: str) -> set[str]:
     return {stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())} - STOPWORDS
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a paragraph; a period after an initial ("James O. McKinsey") or a common
+    abbreviation ("St. Johns", "No. 182") ends none."""
+    found: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if found and _NO_END.search(found[-1]):
+            found[-1] += " " + piece
+        else:
+            found.append(piece)
+    return found
