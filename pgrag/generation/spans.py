@@ -15,6 +15,7 @@ and is short. A heuristic, measured by `bench/qa_eval.py` (token F1 against gold
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgrag.generation.words import STOPWORDS, split_sentences, stem
@@ -55,6 +56,7 @@ _KINDS = [
     ("date", r"\bwhen\b|\b(what|which|in what) (year|date|time|century|decade|month|day|era)\b"),
     ("name", rf"\b(who|whom|whose|where)\b|\bname\b|\b(what|which) (\w+ ){{0,2}}({_NAMED})s?\b"),
 ]
+JOINERS = frozenset({"and", "of", "de", "von", "van", "&", "-", "\u2013", "to"})  # in a run
 MAX_WORDS = 6  # longer phrases are cut to the words nearest the question's
 PROXIMITY_WEIGHT = 0.5
 KIND_BONUS = 1.0
@@ -99,7 +101,8 @@ def holds_kind(question: str, sentence: str) -> bool:
 
 @dataclass
 class Word:
-    text: str  # as written, edge punctuation removed
+    text: str  # edge punctuation removed
+    raw: str  # as written
     at: int  # index in the sentence
     asked: bool  # the question says it too
     breaks_after: bool  # punctuation ends a phrase here
@@ -112,9 +115,24 @@ def words_of(question: str, sentence: str) -> list[Word]:
         text = raw.strip(QUOTES_AND_PUNCTUATION)
         parts = [stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())]
         found.append(
-            Word(text, i, bool(parts) and all(p in asked for p in parts), raw[-1:] in ',;:)”"')
+            Word(text, raw, i, bool(parts) and all(p in asked for p in parts), raw[-1:] in ',;:)”"')
         )
     return found
+
+
+def join_names(words: list[Word]) -> None:
+    """A name the question says in part ("Who founded McKinsey?": "James O. McKinsey") is
+    one phrase: in a run of capitalised words that the question says only some of, none
+    counts as `asked`."""
+    run: list[Word] = []
+    for w in [*words, None]:
+        if w is not None and w.text[:1].isupper() and not (run and run[-1].breaks_after):
+            run.append(w)
+            continue
+        if any(x.asked for x in run) and not all(x.asked for x in run):
+            for x in run:
+                x.asked = False
+        run = [w] if w is not None and w.text[:1].isupper() else []
 
 
 def phrases(words: list[Word]) -> list[list[Word]]:
@@ -144,6 +162,8 @@ def short_answer(question: str, sentence: str) -> str:
     has no phrase the question does not already say."""
     words = words_of(question, sentence)
     kind = answer_kind(question)
+    if kind == "name":
+        join_names(words)
     anchors = [w.at for w in words if w.asked]
 
     def distance(w: Word) -> int:
@@ -167,14 +187,39 @@ def short_answer(question: str, sentence: str) -> str:
         return sentence
     best = max(candidates, key=score)
     top = max(strength(w) for w in best)
-    if top == 2:  # the words of the wanted kind, and what joins them ("Robert Lane and ...")
-        typed = [i for i, w in enumerate(best) if strength(w) == 2]
-        best = best[typed[0] : typed[-1] + 1]
+    if top == 2:  # the run of words of the wanted kind nearest to the question's words
+        best = min(typed_runs(best, strength), key=lambda run: min(map(distance, run)))
     if len(best) > MAX_WORDS:
         centre = sorted(best, key=distance)[0].at
         start = max(best[0].at, min(centre - MAX_WORDS // 2, best[-1].at - MAX_WORDS + 1))
         best = [w for w in best if start <= w.at < start + MAX_WORDS]
-    return " ".join(w.text for w in best)
+    return as_written(best)
+
+
+def typed_runs(words: list[Word], strength: Callable[[Word], int]) -> list[list[Word]]:
+    """Runs of words surely of the wanted kind, with the words that join them inside a
+    name or a range ("Robert Lane and Benjamin Vail", "1500 to 1850")."""
+    runs: list[list[Word]] = []
+    current: list[Word] = []
+    joiner: Word | None = None  # a joining word after the run's last typed word
+    for w in words:
+        if strength(w) == 2:
+            current += [joiner, w] if joiner else [w]
+            joiner = None
+        elif current and joiner is None and w.text.lower() in JOINERS:
+            joiner = w
+        else:
+            runs += [current] if current else []
+            current, joiner = [], None
+    return runs + ([current] if current else [])
+
+
+def as_written(words: list[Word]) -> str:
+    """The words as the sentence has them, without the punctuation around the phrase (the
+    period of an initial stays: "James O.")."""
+    text = " ".join(w.raw for w in words)
+    initial = re.search(r"\b[A-Z]\.$", text)
+    return text.strip(QUOTES_AND_PUNCTUATION) + ("." if initial else "")
 
 
 def concise(question: str, answer: str) -> str:
