@@ -52,15 +52,17 @@ def published_dense(folder_name: str) -> tuple[str, float] | None:
 
 
 def ingest_progress(job: IngestJob) -> None:
-    """One line, rewritten in place, while the corpus goes through the pipeline."""
+    """One line, rewritten in place when it changes, while the corpus goes through the
+    pipeline."""
     total = f"/{job.docs_total:,}" if job.docs_total else ""
-    print(
-        f"\r  ingesting: {job.state}, {job.docs_done:,}{total} documents embedded,"
-        f" {job.chunks_done:,} chunks",
-        end="",
-        file=sys.stderr,
-        flush=True,
-    )
+    docs = f"{job.docs_done:,}{total} documents"
+    line = f"  ingesting: {job.state}, {docs}, {job.chunks_done:,} chunks"
+    if line != _shown[0]:
+        _shown[0] = line
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+
+_shown = [""]
 
 
 def main() -> None:
