@@ -191,7 +191,7 @@ def retrieve(
         if mode != "dense":
             lists["lexical"] = lexical_recall(conn, collection, query, depth, parsed)
     if mode == "hybrid":
-        passages = fuse(lists, fusion or Fusion.from_json(collection.fusion))
+        passages = fuse(lists, fusion or Fusion.from_json(collection.fusion), depth)
     else:
         passages = lists[mode]
     if rerank:

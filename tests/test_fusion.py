@@ -63,6 +63,19 @@ def test_disjoint_lists_interleave_by_their_standardised_scores() -> None:
     assert ids(fuse(lists(dense, lexical), Fusion("rrf")))[:2] == [1, 100]
 
 
+def test_a_short_lexical_lists_winner_counts_the_chunks_it_does_not_hold_as_zeros() -> None:
+    # The product-code case: dense ranks 50 look-alike sheets nearly level (the wrong one
+    # slightly first); BM25 found only 4 chunks sharing a word, the exact code far ahead.
+    dense = [(2, 0.88), (1, 0.84)] + [(c, 0.80 - c / 10000) for c in range(10, 58)]
+    lexical = [(1, 12.0), (10, 2.0), (11, 2.0), (12, 2.0)]
+    assert ids(fuse(lists(dense, lexical), depth=50))[0] == 1
+    # Without the depth, four z-scores cannot exceed sqrt(3), and the dense margin wins.
+    assert ids(fuse(lists(dense, lexical)))[0] == 2
+    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), depth=50)}
+    z_lexical = zscores([12.0, 2.0, 2.0, 2.0], absent=46)
+    assert fused[2] == pytest.approx(0.5 * zscores([s for _, s in dense])[0] + 0.5 * z_lexical[-1])
+
+
 def test_ties_keep_the_order_of_first_appearance() -> None:
     # Mirror-image lists: every chunk gets the same fused score by either method.
     for fusion in (DEFAULT, Fusion("rrf")):
