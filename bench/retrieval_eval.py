@@ -95,7 +95,7 @@ def main() -> None:
             name = f"synthetic-{args.docs}-{args.queries}-{args.seed}"
         else:
             folder = args.beir
-            name = f"beir-{Path(args.beir).resolve().name}"
+            name = f"beir-{Path(args.beir).absolute().name}"
         data = evaluation.load_beir(folder, args.split)
         with services(bool(args.collection), ["ingest", "embed"]):
             results = run(args, data, args.collection or name)
