@@ -3,7 +3,9 @@
 A BEIR folder holds `corpus.jsonl` ({"_id", "title", "text", ...} per line), `queries.jsonl`
 ({"_id", "text"}) and `qrels/<split>.tsv` (query-id, corpus-id, score, with a header line).
 `ingest_beir` loads the corpus through the real pipeline (the ingest and embed workers, as
-`pgrag ingest corpus.jsonl` does); `evaluate` runs every judged query in each mode:
+`pgrag ingest corpus.jsonl` does; an existing collection needs no corpus file, its
+documents' external ids being the qrels' corpus ids); `evaluate` runs every judged query in
+each mode:
 
     dense, lexical, fused (the collection's fusion of both, `pgrag.fusion`), fused+rerank
     (cross-encoder over the fused list), rrf (plain reciprocal rank fusion, for comparison)
@@ -64,7 +66,9 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Queries and judgments of a BEIR folder (the corpus stays on disk for ingestion)."""
     folder = Path(folder).expanduser().resolve()
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    for path in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
+    # The corpus is read only to create a collection: judged queries of an existing
+    # collection (its documents' external ids in the qrels) need none.
+    for path in (folder / "queries.jsonl", qrels_path):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: not a BEIR folder (corpus.jsonl, "
@@ -161,6 +165,10 @@ def ingest_beir(
             return found
     except LookupError:
         pass
+    if not data.corpus_path.is_file():
+        raise FileNotFoundError(
+            f"{data.corpus_path} is missing: it is needed to fill collection {collection!r}"
+        )
     job = ingest.submit(data.corpus_path, collection, create=True)
     deadline = time.monotonic() + timeout
     while not (state := jobs.get_job(job.id)).finished:
