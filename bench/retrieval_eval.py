@@ -139,7 +139,9 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
 def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, Any]) -> None:
     from pgrag.settings import get_settings
 
-    anchor_set, published = published_dense(name) or (None, None)
+    # Published figures are of BEIR's test split.
+    found = published_dense(name) if args.split == "test" else None
+    anchor_set, published = found or (None, None)
     rows: list[list[Any]] = []
     for mode, m in results["modes"].items():
         anchor = f"{published:.3f}" if (published and mode == "dense") else ""
