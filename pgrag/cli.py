@@ -220,12 +220,13 @@ def collections(ctx: click.Context) -> None:
     """List collections (or create / drop one)."""
     if ctx.invoked_subcommand is None:
         from pgrag.collections import list_collections
+        from pgrag.fusion import Fusion
 
         rows = list_collections()
         if not rows:
             click.echo("no collections yet: `pgrag collections create NAME`")
         for c in rows:
-            fusion = f"  fusion={c.fusion}" if c.fusion else ""
+            fusion = f"  fusion: {Fusion.from_json(c.fusion)}" if c.fusion else ""
             click.echo(
                 f"{c.name:<20} {c.model}  dim={c.dim}  chunk={c.chunk_size}/{c.chunk_overlap}"
                 + fusion
@@ -278,7 +279,13 @@ def collections_drop(name: str) -> None:
 
 @collections.command("set-fusion")
 @click.argument("name")
-@click.option("--method", type=click.Choice(["zscore", "rrf"]), default="zscore", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["zscore", "rrf"]),
+    default="zscore",
+    show_default=True,
+    help="zscore: weighted sum of each ranking's per-query z-scores; rrf: reciprocal rank fusion.",
+)
 @click.option(
     "--dense-weight",
     type=click.FloatRange(0, 1),

@@ -5,9 +5,11 @@ by its hybrid searches. Checks citations and stored rows, not quality figures.""
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from pgrag import answering, evaluation
 from pgrag.answer_scoring import load_answers, score_answer
+from pgrag.cli import main
 from pgrag.client import ask
 from pgrag.collections import get_collection, set_fusion
 from pgrag.fusion import RRF_K, Fusion
@@ -71,3 +73,17 @@ def test_a_collections_fusion_setting_is_what_its_hybrid_searches_use(mini: str)
     finally:
         assert set_fusion(mini, None) == Fusion()
     assert get_collection(mini).fusion is None
+
+
+def test_cli_sets_and_shows_a_collections_fusion(mini: str) -> None:
+    cli = CliRunner()
+    run = cli.invoke(main, ["collections", "set-fusion", mini, "--dense-weight", "0.7"])
+    assert run.exit_code == 0, run.output
+    assert "zscore, dense weight 0.7" in run.output
+    listed = cli.invoke(main, ["collections"]).output
+    assert "fusion: zscore, dense weight 0.7" in listed
+    run = cli.invoke(main, ["collections", "set-fusion", mini, "--default"])
+    assert run.exit_code == 0 and "zscore, dense weight 0.5" in run.output
+    assert get_collection(mini).fusion is None
+    bad = cli.invoke(main, ["collections", "set-fusion", mini, "--dense-weight", "2"])
+    assert bad.exit_code != 0 and "dense-weight" in bad.output
