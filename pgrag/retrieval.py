@@ -27,7 +27,6 @@ import psycopg
 
 from pgrag import db, indexing
 from pgrag.collections import get_collection
-from pgrag.embedding import load_embedder
 from pgrag.filters import Filter, parse_filters, where_sql
 from pgrag.fusion import Fusion, fuse
 from pgrag.lexical import bm25_recall
@@ -201,6 +200,9 @@ def retrieve(
 
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
+    # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
+    from pgrag.embedding import load_embedder
+
     embedder = load_embedder(collection.model, get_settings().device)
     return embedder.encode([text])[0]
 
