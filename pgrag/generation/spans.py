@@ -64,7 +64,8 @@ LENGTH_PENALTY = 0.05  # per word beyond MAX_WORDS / 2
 
 
 def answer_kind(question: str) -> str:
-    """ "number", "date", "name" (people and places) or "other"."""
+    """The kind of answer a question wants: "number", "date", "name" (people and places)
+    or "other"."""
     q = question.lower()
     return next((kind for kind, pattern in _KINDS if re.search(pattern, q)), "other")
 
@@ -109,6 +110,7 @@ class Word:
 
 
 def words_of(question: str, sentence: str) -> list[Word]:
+    """The words of `sentence`, each marked when the question says it too."""
     asked = {stem(w) for w in re.findall(r"[a-z0-9]+", question.lower())} - STOPWORDS
     found = []
     for i, raw in enumerate(sentence.split()):
