@@ -18,7 +18,7 @@ sentences) is cut into chunks with pgrag's own chunker and title rule, and then:
 
 then, on the same rows and vectors: binary COPY alone (as `pgrag.loading.replace_chunks` does
 it, in transactions of one embed task's documents), `replace_chunks` whole (DELETE + COPY +
-lexical block), the HNSW build alone (`pgrag.indexing.build_index`), the finalize step's other
+lexeme counts), the HNSW build alone (`pgrag.indexing.build_index`), the finalize step's other
 statements, and the peak RSS of each worker during (b). CPU seconds of every party (workers,
 PostgreSQL, this process, other processes on the machine, hypervisor steal) are recorded per
 phase, so a figure taken on a shared machine can be judged.

@@ -10,13 +10,15 @@ the lexical index, the HNSW build) except the embedder's forward pass, replaced 
 `bench/bench_embed_worker.py` (deterministic unit vectors at once): what a GPU box sees when
 the model costs nothing.
 
-Stages, each alone in this process: reading the source, chunking (the tokenizer) and writing
-(`loading.replace_chunks`: chunks + lexical block, one transaction per embed task's
-documents). Then end to end through the workers with 1, 2 and 4 embed processes: the job
-from submit to `done`, its load phase (until `indexing`) and its HNSW build, and the CPU
-seconds of PostgreSQL, the embed and ingest workers. Then, on the last collection: search
-latency (dense, lexical, hybrid) and recall@10 of the HNSW index against exact search for
-`--queries` SciFact queries, and a small job that changes 100 documents.
+Stages, each alone in this process: reading the source, chunking (the tokenizer), lexical
+analysis, writing (`loading.replace_chunks`: chunks and their lexeme counts, one transaction
+per embed task's documents) and the lexical index build that ends a job
+(`lexical.index_pending`), with the CPU microseconds per chunk of this process and of
+PostgreSQL. Then end to end through the workers with 1, 2 and 4 embed processes: the job
+from submit to `done`, its load phase (until `indexing`) and its index builds (lexical and
+HNSW), and the CPU seconds of PostgreSQL, the embed and ingest workers. Then, on the last
+collection: search latency (dense, lexical, hybrid) and recall@10 of the HNSW index against
+exact search for `--queries` SciFact queries, and a small job that changes 100 documents.
 
 Prints tables and writes JSON (default bench/results/pipeline-<time>.json).
 """
@@ -94,7 +96,7 @@ def write_source(path: Path, chunks: int) -> int:
 
 def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
     """Reading, chunking and writing, each alone in this process."""
-    from pgrag import db, jobs
+    from pgrag import db, jobs, lexical
     from pgrag.chunking import chunk_texts
     from pgrag.collections import create_collection
     from pgrag.embedding import load_embedder
@@ -151,6 +153,10 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
         with db.connect() as conn:
             replace_chunks(conn, collection, loads, vectors, counts)
     cpu = meter.stop()
+    meter = CpuMeter({"postgres": home.postmaster_pid}, {"bench": os.getpid()}).start()
+    with db.connect() as conn:
+        lexical.index_pending(conn, collection.id)
+    index_cpu = meter.stop()
     return {
         "documents": len(docs),
         "chunks": sum(map(len, chunked)),
@@ -158,9 +164,11 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
             "read source": read_s,
             "chunk (tokenizer)": chunk_s,
             "lexical analysis": analyse_s,
-            "write (chunks + lexical block)": cpu.wall_s,
+            "write (chunks + lexeme counts)": cpu.wall_s,
+            "lexical index build": index_cpu.wall_s,
         },
         "write_cpu": cpu.as_dict(),
+        "index_cpu": index_cpu.as_dict(),
     }
 
 
@@ -323,7 +331,7 @@ def sizes(collection_name: str) -> dict[str, Any]:
         "pgrag.documents",
         "pgrag.postings",
         "pgrag.lexical_blocks",
-        "pgrag.lexemes",
+        "pgrag.chunk_lexemes",
         f"pgrag.{collection.index_name}",
     ]
     with db.connect() as conn:
@@ -351,6 +359,18 @@ def report_stages(s: dict[str, Any]) -> None:
         ["stage", "seconds", "docs/s", "chunks/s"],
     )
     print(f"PostgreSQL's share of the machine's CPU while writing: {pg / busy:.2f}")
+    print_table(
+        "CPU per chunk",
+        [
+            [
+                step,
+                u["cpu_s"].get("bench", 0.0) / m * 1e6,
+                u["cpu_s"].get("postgres", 0.0) / m * 1e6,
+            ]
+            for step, u in (("write", s["write_cpu"]), ("lexical index build", s["index_cpu"]))
+        ],
+        ["step", "this process µs", "PostgreSQL µs"],
+    )
 
 
 def report_runs(r: dict[str, Any]) -> None:
@@ -378,7 +398,7 @@ def report_runs(r: dict[str, Any]) -> None:
             "seconds",
             "chunks/s",
             "load chunks/s",
-            "HNSW build s",
+            "index builds s",
             "PG share",
             "embed share",
             "ingest share",

@@ -6,9 +6,9 @@
 For each size, in a fresh embedded PostgreSQL + pgvector: a collection with minimal document
 rows, then N normalised vectors drawn around random cluster centres are loaded through
 pgrag's own loader path, batch by batch as the embed worker writes them
-(`pgrag.loading.replace_chunks`: DELETE + binary COPY + lexical block, then the documents'
+(`pgrag.loading.replace_chunks`: DELETE + binary COPY + lexeme counts, then the documents'
 status update and the commit, one transaction per `ingest_batch_docs` documents). Chunk texts
-are empty, so each lexical block has no posting row: the figure is the vector loader's.
+are empty, so no chunk has a lexeme: the figure is the vector loader's.
 Then the collection's HNSW index is built with `pgrag.indexing.build_index` (what
 `finalize_job` runs), with its progress phases and any pgvector notice (such as the graph
 outgrowing maintenance_work_mem) recorded.

@@ -106,6 +106,7 @@ def drop_collection(name: str) -> None:
     with db.connect() as conn:
         # The partial HNSW index lives on the shared chunks table: drop it with the collection.
         conn.execute(f"DROP INDEX IF EXISTS pgrag.{collection.index_name}")
-        # Posting rows have no foreign key (a per-row check would slow every load down).
-        conn.execute("DELETE FROM pgrag.postings WHERE collection_id = %s", (collection.id,))
+        # The lexical tables have no foreign key (a per-row check would slow every load down).
+        for table in ("postings", "chunk_lexemes", "lexical_pending"):
+            conn.execute(f"DELETE FROM pgrag.{table} WHERE collection_id = %s", (collection.id,))
         conn.execute("DELETE FROM pgrag.collections WHERE id = %s", (collection.id,))

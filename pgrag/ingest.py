@@ -10,8 +10,8 @@ The work is split in three steps, each run by a Celery task and each idempotent:
    in one transaction with their status change; documents no longer pending are left
    alone, so a duplicate or redelivered task changes nothing twice.
 3. `finalize_job` (ingest queue), claimed once by whoever sees the last pending document go,
-   deletes missing documents, builds the HNSW index when the collection has none and marks
-   the job done. (The BM25 statistics need no refresh: `lexical.py` keeps them exact.)
+   deletes missing documents, indexes the pending chunks for BM25 (`lexical.index_pending`),
+   builds the HNSW index when the collection has none and marks the job done.
 """
 
 from __future__ import annotations
@@ -291,9 +291,11 @@ def finalize_job(job_id: int) -> None:
                         (collection.id, job_id),
                     )
                 ]
-                lexical.delete_chunks(conn, collection.text_config, missing)
+                lexical.delete_chunks(conn, collection.id, missing)
                 conn.execute("DELETE FROM pgrag.documents WHERE id = ANY(%s)", (missing,))
                 jobs.bump(conn, job_id, docs_deleted=len(missing))
+        with db.connect() as conn:
+            lexical.index_pending(conn, collection.id)
         indexing.build_index(lock_conn, collection)
         lock_conn.execute("ANALYZE pgrag.chunks")
         lock_conn.execute(

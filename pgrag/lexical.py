@@ -1,23 +1,32 @@
-"""Lexical recall: a BM25 inverted index in blocks, written by COPY and read in one statement.
+"""Lexical recall: a BM25 inverted index in blocks, built set-based by PostgreSQL and read in
+one statement.
 
 Tables:
 
-    pgrag.lexical_blocks (id, collection_id, chunk_ids[], total_len, lexemes[])  one row per block
+    pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len)   forward index
+    pgrag.lexical_pending (collection_id, chunk_id)                    chunks not yet indexed
+    pgrag.lexical_blocks (id, collection_id, chunk_ids[], total_len)   one row per block
     pgrag.postings (collection_id, lexeme, block_id, chunk_ids[], tfs[], chunk_lens[])
 
-A block is the chunks of one embed task. The worker analyses them (`analyzer.py`: title and
-chunk text, lower-cased, stemmed, stop words out) and writes one posting row per distinct
-lexeme of the block, its posting list as parallel arrays: about a sixth of the rows of one
-row per (lexeme, chunk), written by binary COPY with no per-row trigger or second index.
-Statistics are sums over the rows, so they are exact at every commit and no job refreshes
-them:
+An embed task analyses its chunks (`analyzer.py`: title and chunk text, lower-cased, stemmed,
+stop words out) while the model runs, and COPYs each chunk's lexeme counts (its forward
+index row) and a pending row beside the chunk rows: the load writes no posting row. When the
+job ends, `index_pending` turns the collection's pending chunks into blocks of up to
+BLOCK_CHUNKS chunks, one statement each: PostgreSQL groups their (lexeme, tf) pairs into one
+posting row per distinct lexeme of the block, its posting list as parallel arrays. Big blocks
+make few rows (a common lexeme has one row per block, not one per chunk), which keeps a bulk
+load cheap; a small job makes a small block, in time proportional to its chunks, as the
+HNSW index does.
+
+Statistics are sums over the blocks, exact at every commit, over the indexed chunks only:
 
     N     = chunks in the collection's blocks          df(t) = entries of t's posting rows
     avgdl = total_len summed / N
 
-Deleting chunks (re-ingest, --delete-missing, a failed document) rebuilds the blocks that
-held them from their surviving chunks, under a row lock of each block, in the deleting
-transaction.
+Deleting chunks (re-ingest, --delete-missing, a failed document) drops their pending rows, or
+takes them out of the posting rows of their lexemes (read from the forward index) in place,
+under a row lock of each block: work proportional to what is deleted. Both an index build and
+a delete take the pending rows first, in chunk order, so they never miss each other.
 
 A query is analysed the same way. A chunk matching any lexeme scores (OR semantics):
 
@@ -38,24 +47,65 @@ from typing import Any
 
 import psycopg
 
-from pgrag.analyzer import Analyzer, analyzer
+from pgrag.analyzer import analyzer
 from pgrag.filters import Filter, where_sql
 
 K1 = 0.9
 B = 0.4
+BLOCK_CHUNKS = 4096  # chunks a block holds at most
 
-# Text format: the lexemes are runs of word characters (no tab, newline or backslash to
-# escape) and the arrays are of integers, so a row is a plain join, much cheaper than
-# psycopg's per-array binary dumping.
-COPY_POSTINGS = (
-    "COPY pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens) FROM STDIN"
+# Text format: lexemes are runs of word characters (no tab, newline, backslash or space), so
+# a row needs no escaping, and a chunk's pairs travel as two space-separated strings.
+COPY_LEXEMES = "COPY pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len) FROM STDIN"
+COPY_PENDING = "COPY pgrag.lexical_pending (collection_id, chunk_id) FROM STDIN"
+
+# One block of the collection's oldest pending chunks, which it takes out of lexical_pending.
+BUILD_BLOCK = """
+WITH picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending
+    WHERE collection_id = %(c)s AND chunk_id IN (
+        SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+        ORDER BY chunk_id LIMIT %(n)s FOR UPDATE)
+    RETURNING chunk_id
+), chunks AS MATERIALIZED (
+    SELECT f.chunk_id, f.lexemes, f.tfs, f.len
+    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+), written AS (
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len)
+    FROM chunks c,
+         unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
+         AS p(lexeme, tf)
+    GROUP BY p.lexeme
 )
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len) FROM chunks
+HAVING count(*) > 0
+RETURNING cardinality(chunk_ids)
+"""
 
-STORE_BLOCK = """
-INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len, lexemes)
-VALUES (%s, %s, %s, %s, %s)
-ON CONFLICT (id) DO UPDATE SET
-    chunk_ids = excluded.chunk_ids, total_len = excluded.total_len, lexemes = excluded.lexemes
+# Take deleted chunks out of the posting rows of (block, lexeme) pairs: rows left with none
+# go, the others keep the rest of their entries; then out of their blocks.
+DROP_EMPTIED = """
+DELETE FROM pgrag.postings p
+USING unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+  AND p.chunk_ids <@ %(ids)s::bigint[]
+"""
+FILTER_POSTINGS = """
+UPDATE pgrag.postings p SET (chunk_ids, tfs, chunk_lens) = (
+    SELECT array_agg(u.id), array_agg(u.tf), array_agg(u.len)
+    FROM unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(id, tf, len)
+    WHERE u.id <> ALL(%(ids)s::bigint[]))
+FROM unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+"""
+SHRINK_BLOCKS = """
+UPDATE pgrag.lexical_blocks b
+SET chunk_ids = array(SELECT x FROM unnest(b.chunk_ids) AS x WHERE x <> ALL(%(ids)s::bigint[])),
+    total_len = b.total_len - d.len
+FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[]) AS d(block_id, len)
+WHERE b.id = d.block_id
 """
 
 
@@ -64,111 +114,94 @@ def analysed_text(title: str | None, text: str) -> str:
     return f"{title}\n{text}" if title else text
 
 
-def new_block_id(conn: psycopg.Connection) -> int:
-    row = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
-    return int(row[0])  # type: ignore[index]
-
-
-def _int_array(values: list[int]) -> str:
-    return "{" + ",".join(map(str, values)) + "}"
-
-
-def store_block(
+def stage(
     conn: psycopg.Connection,
     collection_id: int,
-    block_id: int,
     chunk_ids: Sequence[int],
     lexemes: Sequence[Mapping[str, int]],
 ) -> None:
-    """Write block `block_id`: the chunks `chunk_ids` with their lexeme counts (from
-    `Analyzer.lexemes`). Its posting rows go in by COPY, then its row in lexical_blocks;
-    the block must have no posting rows yet."""
-    lists: dict[str, tuple[list[int], list[int], list[int]]] = defaultdict(lambda: ([], [], []))
-    total = 0
-    for chunk_id, counts in zip(chunk_ids, lexemes, strict=True):
-        length = sum(counts.values())
-        total += length
-        for lexeme, tf in counts.items():
-            ids, tfs, lens = lists[lexeme]
-            ids.append(chunk_id)
-            tfs.append(tf)
-            lens.append(length)
-    head = f"{int(collection_id)}\t"
-    tail = f"\t{int(block_id)}\t"
-    rows = [
-        f"{head}{lexeme}{tail}{_int_array(ids)}\t{_int_array(tfs)}\t{_int_array(lens)}\n"
-        for lexeme, (ids, tfs, lens) in lists.items()
-    ]
-    with conn.cursor().copy(COPY_POSTINGS) as copy:
-        copy.write("".join(rows))
-    conn.execute(STORE_BLOCK, (block_id, collection_id, list(chunk_ids), total, list(lists)))
+    """Store the chunks' lexeme counts (`Analyzer.lexemes`) and queue them for the index."""
+    c = int(collection_id)
+    with conn.cursor().copy(COPY_LEXEMES) as copy:
+        copy.write(
+            "".join(
+                f"{int(chunk_id)}\t{c}\t{' '.join(counts)}"
+                f"\t{' '.join(map(str, counts.values()))}\t{sum(counts.values())}\n"
+                for chunk_id, counts in zip(chunk_ids, lexemes, strict=True)
+            )
+        )
+    with conn.cursor().copy(COPY_PENDING) as copy:
+        copy.write("".join(f"{c}\t{int(chunk_id)}\n" for chunk_id in chunk_ids))
 
 
-def _rebuild_block(conn: psycopg.Connection, block_id: int, lexer: Analyzer) -> None:
-    """Re-index a block from the chunks of it that still exist (or drop it if none do)."""
-    collection_id, chunk_ids, lexemes = conn.execute(
-        "SELECT collection_id, chunk_ids, lexemes FROM pgrag.lexical_blocks WHERE id = %s",
-        (block_id,),
-    ).fetchone()  # type: ignore[misc]
-    conn.execute(
-        "DELETE FROM pgrag.postings WHERE collection_id = %s AND lexeme = ANY(%s)"
-        " AND block_id = %s",
-        (collection_id, lexemes, block_id),
-    )
-    survivors = conn.execute(
-        "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
-        " JOIN pgrag.documents d ON d.id = c.document_id"
-        " WHERE c.id = ANY(%s) ORDER BY c.id",
-        (chunk_ids,),
-    ).fetchall()
-    if survivors:
-        counts = [lexer.lexemes(analysed_text(title, text)) for _, title, text in survivors]
-        store_block(conn, collection_id, block_id, [row[0] for row in survivors], counts)
-    else:
-        conn.execute("DELETE FROM pgrag.lexical_blocks WHERE id = %s", (block_id,))
+def build_block(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index up to BLOCK_CHUNKS of the collection's pending chunks as one new block; returns
+    how many (0: none was pending)."""
+    block_id = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
+    params = {"c": collection_id, "b": block_id[0], "n": BLOCK_CHUNKS}  # type: ignore[index]
+    row = conn.execute(BUILD_BLOCK, params).fetchone()
+    return row[0] if row else 0
 
 
-def delete_chunks(conn: psycopg.Connection, text_config: str, document_ids: list[int]) -> None:
-    """Delete the chunks of these documents and take them out of the lexical index.
+def index_pending(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index all of the collection's pending chunks, committing block by block (a build cut
+    short keeps what it did); returns the chunks indexed."""
+    indexed = 0
+    while built := build_block(conn, collection_id):
+        conn.commit()
+        indexed += built
+    return indexed
 
-    The blocks that held them are locked in id order, so two transactions deleting chunks of
-    one block wait for each other and never deadlock.
-    """
-    if not document_ids:
-        return
-    blocks = [
+
+def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+    """Delete the chunks of these documents (of one collection) and take them out of the
+    lexical index."""
+    ids = [
         row[0]
         for row in conn.execute(
-            "SELECT id FROM pgrag.lexical_blocks WHERE id IN ("
-            "  SELECT lexical_block FROM pgrag.chunks WHERE document_id = ANY(%s))"
-            " ORDER BY id FOR UPDATE",
+            "SELECT id FROM pgrag.chunks WHERE document_id = ANY(%s) ORDER BY id",
             (document_ids,),
         )
     ]
-    conn.execute("DELETE FROM pgrag.chunks WHERE document_id = ANY(%s)", (document_ids,))
-    lexer = analyzer(text_config)
-    for block_id in blocks:
-        _rebuild_block(conn, block_id, lexer)
-
-
-def index_unindexed(conn: psycopg.Connection, block_size: int = 1024) -> None:
-    """Index the chunks that have no lexical block yet (chunks stored before blocks
-    existed), `block_size` chunks to a block."""
-    collections = conn.execute("SELECT id, text_config::text FROM pgrag.collections").fetchall()
-    for collection_id, config in collections:
-        lexer = analyzer(config)
-        while rows := conn.execute(
-            "SELECT c.id, d.title, c.text FROM pgrag.chunks c"
-            " JOIN pgrag.documents d ON d.id = c.document_id"
-            " WHERE c.collection_id = %s AND c.lexical_block IS NULL ORDER BY c.id LIMIT %s",
-            (collection_id, block_size),
-        ).fetchall():
-            block_id, ids = new_block_id(conn), [row[0] for row in rows]
-            counts = [lexer.lexemes(analysed_text(title, text)) for _, title, text in rows]
-            store_block(conn, collection_id, block_id, ids, counts)
-            conn.execute(
-                "UPDATE pgrag.chunks SET lexical_block = %s WHERE id = ANY(%s)", (block_id, ids)
-            )
+    if not ids:
+        return
+    c = {"c": collection_id, "ids": ids}
+    # Pending rows first: this waits for an index build that holds them, after which they
+    # are gone and the chunks are in a block that the statements below see.
+    conn.execute(
+        "DELETE FROM pgrag.lexical_pending WHERE collection_id = %(c)s AND chunk_id = ANY(%(ids)s)",
+        c,
+    )
+    block_of: dict[int, int] = dict(
+        conn.execute(
+            "SELECT x, b.id FROM pgrag.lexical_blocks b, unnest(b.chunk_ids) AS x"
+            " WHERE b.id IN (SELECT id FROM pgrag.lexical_blocks WHERE collection_id = %(c)s"
+            "   AND chunk_ids && %(ids)s::bigint[] ORDER BY id FOR UPDATE)"
+            " AND x = ANY(%(ids)s)",
+            c,
+        ).fetchall()
+    )
+    forward = conn.execute(
+        "DELETE FROM pgrag.chunk_lexemes WHERE chunk_id = ANY(%(ids)s)"
+        " RETURNING chunk_id, lexemes, len",
+        c,
+    ).fetchall()
+    conn.execute("DELETE FROM pgrag.chunks WHERE id = ANY(%(ids)s)", c)
+    pairs: set[tuple[int, str]] = set()
+    lens: dict[int, int] = defaultdict(int)
+    for chunk_id, lexemes, length in forward:
+        if (block := block_of.get(chunk_id)) is not None:
+            pairs.update((block, lexeme) for lexeme in lexemes.split())
+            lens[block] += length
+    if not lens:
+        return
+    blocks, lexemes = (list(x) for x in zip(*sorted(pairs), strict=True)) if pairs else ([], [])
+    conn.execute(DROP_EMPTIED, {**c, "blocks": blocks, "lexemes": lexemes})
+    conn.execute(FILTER_POSTINGS, {**c, "blocks": blocks, "lexemes": lexemes})
+    conn.execute(SHRINK_BLOCKS, {"ids": ids, "blocks": list(lens), "lens": list(lens.values())})
+    conn.execute(
+        "DELETE FROM pgrag.lexical_blocks WHERE id = ANY(%s) AND chunk_ids = '{}'", (list(lens),)
+    )
 
 
 # ---------------------------------------------------------------------------- BM25

@@ -1,8 +1,8 @@
 """Step 2 of an ingest job: chunk, embed and load one batch of documents.
 
-Chunks go in by binary COPY, and their lexical index as one block of posting rows by a second
-COPY (`lexical.py`), in the same transaction as the documents' status change: they commit
-together or not at all.
+Chunks go in by binary COPY, and their lexeme counts by a second COPY (`lexical.stage`: the
+job's last step indexes them), in the same transaction as the documents' status change:
+they commit together or not at all.
 """
 
 from __future__ import annotations
@@ -29,12 +29,9 @@ from pgrag.settings import get_settings
 
 COPY_CHUNKS = (
     "COPY pgrag.chunks (id, collection_id, document_id, ord, text, start_char, end_char,"
-    " token_count, metadata, embedding, lexical_block) FROM STDIN (FORMAT BINARY)"
+    " token_count, metadata, embedding) FROM STDIN (FORMAT BINARY)"
 )
-COPY_TYPES = [
-    *("int8", "int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"),
-    "int8",
-]
+COPY_TYPES = ["int8", "int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"]
 
 
 @dataclass(frozen=True)
@@ -69,14 +66,13 @@ def replace_chunks(
 
     `embeddings` and `lexemes` (from `chunk_lexemes`) have one row per chunk, in the order
     of `documents` then `chunks`. Deleting first makes a redelivered task replace its own
-    rows instead of duplicating them. The new
-    chunks form one lexical block; their ids are taken from the sequence before the COPY so
-    that the chunk rows and the block's posting rows can name each other.
+    rows instead of duplicating them. The chunks' ids are taken from the sequence before the
+    COPY so that their lexeme rows can name them.
     """
     count = sum(len(doc.chunks) for doc in documents)
     if not count == len(embeddings) == len(lexemes):
         raise ValueError(f"{len(embeddings)} embeddings, {len(lexemes)} lexemes, {count} chunks")
-    lexical.delete_chunks(conn, collection.text_config, [d.document_id for d in documents])
+    lexical.delete_chunks(conn, collection.id, [d.document_id for d in documents])
     if not count:
         return 0
     ids = [
@@ -85,7 +81,6 @@ def replace_chunks(
             "SELECT nextval('pgrag.chunks_id_seq') FROM generate_series(1, %s)", (count,)
         )
     ]
-    block_id = lexical.new_block_id(conn)
     rows = zip(ids, ((d, c) for d in documents for c in d.chunks), embeddings, strict=True)
     with conn.cursor().copy(COPY_CHUNKS) as copy:
         copy.set_types(COPY_TYPES)
@@ -105,10 +100,9 @@ def replace_chunks(
                     chunk.token_count,
                     metadata,
                     embedding,
-                    block_id,
                 )
             )
-    lexical.store_block(conn, collection.id, block_id, ids, lexemes)
+    lexical.stage(conn, collection.id, ids, lexemes)
     return count
 
 
@@ -228,7 +222,7 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
                 " WHERE id = ANY(%s)",
                 ([doc.id for doc, _ in errors],),
             )
-            lexical.delete_chunks(conn, collection.text_config, [doc.id for doc, _ in errors])
+            lexical.delete_chunks(conn, collection.id, [doc.id for doc, _ in errors])
         failed = jobs.record_errors(
             conn, job_id, [(doc.external_id, reason) for doc, reason in errors]
         )

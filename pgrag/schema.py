@@ -124,7 +124,6 @@ class Chunk(Base):
     token_count: Mapped[int]
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB, default=dict)
     embedding: Mapped[Any] = mapped_column(Vector())
-    lexical_block: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class IngestError(Base):

@@ -256,17 +256,13 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     while jobs.get_job(job.id).chunks_done == 0 or len(received.findall(first.log.read_text())) < 2:
         assert time.monotonic() < deadline
         time.sleep(0.02)
-    in_flight = received.findall(first.log.read_text())[-1]
     time.sleep(0.3)
     first.kill()
     assert not jobs.get_job(job.id).finished
     second = Worker(home, "ingest,embed", "survivor", env)
     try:
-        # The killed task is delivered again once the visibility timeout (20 s here) expires.
-        deadline = time.monotonic() + 90
-        while in_flight not in second.log.read_text():
-            assert time.monotonic() < deadline, "the killed task was never redelivered"
-            time.sleep(0.2)
+        # The killed task's work is sent again (by the sweeper once its lease expires, or by
+        # the broker after its visibility timeout): the job ends, exact.
         done = wait_job(job.id, timeout=300)
     finally:
         second.stop()

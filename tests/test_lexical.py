@@ -1,6 +1,7 @@
 """The lexical index stays exact: after re-ingests, deletes and failures, and with four embed
-processes writing to one collection at once, its posting rows equal an index built from
-scratch out of the stored chunks, and the job counters equal the stored rows."""
+processes writing to one collection at once, its posting rows (built when each job ends)
+equal an index built from scratch out of the stored chunks, and the job counters equal the
+stored rows."""
 
 from __future__ import annotations
 
@@ -33,10 +34,14 @@ def assert_lexical_index_exact(collection: Collection) -> None:
             "SELECT id, unnest(chunk_ids) FROM pgrag.lexical_blocks WHERE collection_id = %s",
             (collection.id,),
         ).fetchall()
-        named = conn.execute(
-            "SELECT lexical_block, id FROM pgrag.chunks WHERE collection_id = %s",
+        forward = conn.execute(
+            "SELECT chunk_id, lexemes, tfs, len FROM pgrag.chunk_lexemes WHERE collection_id = %s",
             (collection.id,),
         ).fetchall()
+        pending = conn.execute(
+            "SELECT count(*) FROM pgrag.lexical_pending WHERE collection_id = %s",
+            (collection.id,),
+        ).fetchone()
         stats = conn.execute(
             "SELECT chunks, avg_len FROM pgrag.lexical_stats WHERE collection_id = %s",
             (collection.id,),
@@ -49,8 +54,15 @@ def assert_lexical_index_exact(collection: Collection) -> None:
     }
     assert len(postings) == len(set(postings)), "a (lexeme, chunk) posting is stored twice"
     assert set(postings) == expected
-    # Every chunk is in exactly one block: the one its row names.
-    assert sorted(blocks) == sorted(named)
+    # Every chunk is in exactly one block, none is left pending, and the forward index holds
+    # each chunk's lexemes.
+    in_blocks = [chunk_id for _, chunk_id in blocks]
+    assert sorted(in_blocks) == sorted(lexemes) and pending == (0,)
+    assert {
+        cid: dict(zip(lex.split(), map(int, tfs.split()), strict=True))
+        for cid, lex, tfs, _ in forward
+    } == lexemes
+    assert {cid: length for cid, _, _, length in forward} == lengths
     assert stats is not None and stats[0] == len(lexemes)
     assert stats[1] == pytest.approx(sum(lengths.values()) / len(lexemes))
 

@@ -12,8 +12,9 @@ What the model comparison cannot or need not judge, and so leaves out (`IGNORED`
 - unique constraints only in the database (documents (collection_id, external_id), chunks
   (document_id, ord), ingest_errors (job_id, ref)): the loaders rely on them through SQL
   (ON CONFLICT), the models do not repeat them;
-- tables without a model: `postings` and `lexical_blocks`, written and read only by SQL (COPY and
-  the BM25 statements), and `work` (`pgrag/work.py`'s statements);
+- tables without a model: the lexical index (`postings`, `lexical_blocks`, `chunk_lexemes`,
+  `lexical_pending`), written and read only by SQL (COPY, the block builds and the BM25
+  statements), and `work` (`pgrag/work.py`'s statements);
 Alembic does not compare server defaults here (off by default), CHECK constraints (it never
 does) or views and functions (it does not reflect them). The `vector` columns *are*
 compared: pgvector's SQLAlchemy type reflects as itself, and both sides are dimensionless.
@@ -178,7 +179,10 @@ def test_upgrade_to_lexical_blocks_indexes_the_chunks_already_stored(fresh_datab
         url, "SELECT lexeme, tf, chunk_len FROM pgrag.lexical_postings ORDER BY lexeme"
     )
     assert postings == [("pump", 2, 3), ("valv", 1, 3)]
-    assert query(url, "SELECT chunks, avg_len FROM pgrag.lexical_stats") == [(1, 3.0)]
+    assert query(url, "SELECT chunks, avg_len, pending FROM pgrag.lexical_stats") == [(1, 3.0, 0)]
+    assert query(url, "SELECT lexemes, tfs, len FROM pgrag.chunk_lexemes") == [
+        ("valv pump", "1 2", 3)
+    ]
 
 
 IGNORED = {
@@ -188,7 +192,7 @@ IGNORED = {
     "remove_constraint": "multi-column UNIQUE constraints are declared by migrations only",
 }
 # SQL-only tables: the lexical index (COPY and BM25 statements) and the work ledger.
-TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks", "work"}
+TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks", "chunk_lexemes", "lexical_pending", "work"}
 
 
 def schema_differences(url: str) -> list[tuple[Any, ...]]:

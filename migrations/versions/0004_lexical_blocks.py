@@ -5,7 +5,7 @@ and writes one row per distinct lexeme of the block, holding the block's posting
 that lexeme as parallel arrays. BM25 statistics are sums over the blocks, exact at every
 commit: nothing is refreshed when a job ends.
 
-The upgrade re-indexes the chunks already stored, in blocks of 1,024 chunks.
+The chunks already stored are indexed by a later revision (0007), which keeps their lexemes.
 
 Revision ID: 0004
 Revises: 0003
@@ -120,10 +120,7 @@ GRANT SELECT ON pgrag.postings, pgrag.lexemes TO pgrag_reader;
 
 
 def upgrade() -> None:
-    from pgrag import lexical
-
     op.execute(UPGRADE)
-    lexical.index_unindexed(op.get_bind().connection.driver_connection)
 
 
 def downgrade() -> None:
