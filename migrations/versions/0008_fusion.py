@@ -6,15 +6,15 @@
 - `queries.short_answer`: the phrase of the answer's first cited sentence that answers the
   question, with that sentence's citation (`pgrag/generation/spans.py`).
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
