@@ -3,7 +3,7 @@
 - `pgrag_home()`: a fresh PGRAG_HOME in a temporary folder with the embedded PostgreSQL +
   pgvector and Redis started and migrated, exactly as `pgrag up` starts them.
 - `Worker`: a real Celery worker on one queue, with the argv of `pgrag up`
-  (`pgrag.processes.worker`).
+  (`pgrag.processes.worker`); `services()`: a fresh home with workers, or the configured one.
 - `ResourceSampler`: polls the process trees of some workers for their peak RSS.
 - `CpuMeter`: CPU seconds spent by each of several process trees, by the whole machine and
   by the hypervisor (steal) over a phase, so a figure taken on a noisy machine can be judged.
@@ -113,6 +113,24 @@ def pgrag_home(keep: bool = False, env: dict[str, str] | None = None) -> Iterato
             print(f"kept PGRAG_HOME {path}", file=sys.stderr)
         else:
             shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def services(configured: bool, queues: Sequence[str]) -> Iterator[None]:
+    """The configured services as they are (`configured`: `pgrag up` runs them), or fresh
+    embedded ones under a temporary PGRAG_HOME with one worker per queue."""
+    if configured:
+        yield
+        return
+    with pgrag_home() as home:
+        workers = [Worker(home, queue) for queue in queues]
+        try:
+            for w in workers:
+                w.wait_ready()
+            yield
+        finally:
+            for w in workers:
+                w.stop()
 
 
 def scalar(conn: Any, query: str, params: Any = None) -> Any:

@@ -1,4 +1,4 @@
-"""Retrieval quality: nDCG@10 and recall@100 of dense, lexical, fused and fused + rerank.
+"""Retrieval quality: nDCG@10 and recall@100 of dense, lexical, fused, RRF and fused + rerank.
 
     python bench/retrieval_eval.py --beir PATH [--split test]       # any BEIR-format folder
     python bench/retrieval_eval.py --synthetic [--docs 2000 --queries 300 --seed 0]
@@ -8,9 +8,12 @@ real ingest and embed workers, the corpus ingested through the pipeline into a n
 collection. With `--collection NAME` the configured services are used instead (`pgrag up`
 first) and the collection is reused when it already holds documents.
 
-fused+rerank needs a cross-encoder (PGRAG_RERANK_MODEL or --rerank-model); when none can be
-loaded the row says why. Metrics are those of `pgrag.evaluation` (pytrec_eval's ndcg_cut.10
-and recall.100 at the document level, a document ranked by its best chunk).
+"fused" is the collection's fusion (pgrag's default unless `pgrag collections set-fusion`
+changed it), "rrf" plain reciprocal rank fusion, the default before issue #11. fused+rerank
+needs a cross-encoder (PGRAG_RERANK_MODEL or --rerank-model); when none can be loaded the
+row says so and the reason is printed under the table. A progress line shows the ingestion.
+Metrics are those of `pgrag.evaluation` (pytrec_eval's ndcg_cut.10 and recall.100 at the
+document level, a document ranked by its best chunk).
 
 Prints a table and writes JSON (default bench/results/retrieval-eval-<time>.json).
 """
@@ -18,18 +21,18 @@ Prints a table and writes JSON (default bench/results/retrieval-eval-<time>.json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
+import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Worker, default_out, pgrag_home, print_table, write_json
+from bench.common import default_out, print_table, services, write_json
+from pgrag.schema import IngestJob
 
 # nDCG@10 of sentence-transformers/all-MiniLM-L6-v2 (dense) on BEIR, as published.
 PUBLISHED_DENSE = {
@@ -41,21 +44,25 @@ PUBLISHED_DENSE = {
 }
 
 
-@contextlib.contextmanager
-def services(args: argparse.Namespace) -> Iterator[None]:
-    """The configured services (--collection), or fresh embedded ones with two workers."""
-    if args.collection:
-        yield
-        return
-    with pgrag_home() as home:
-        workers = [Worker(home, "ingest"), Worker(home, "embed")]
-        try:
-            for w in workers:
-                w.wait_ready()
-            yield
-        finally:
-            for w in workers:
-                w.stop()
+def published_dense(folder_name: str) -> tuple[str, float] | None:
+    """The BEIR set a folder holds, by a word of its name ("scifact-full", "beir_SciFact",
+    "scifact"), with its published dense nDCG@10."""
+    words = re.split(r"[^a-z0-9]+", folder_name.lower())
+    return next(((w, PUBLISHED_DENSE[w]) for w in words if w in PUBLISHED_DENSE), None)
+
+
+def ingest_progress(job: IngestJob) -> None:
+    """One line, rewritten in place when it changes, while the corpus goes through the
+    pipeline."""
+    total = f"/{job.docs_total:,}" if job.docs_total else ""
+    docs = f"{job.docs_done:,}{total} documents"
+    line = f"  ingesting: {job.state}, {docs}, {job.chunks_done:,} chunks"
+    if line != _shown[0]:
+        _shown[0] = line
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+
+_shown = [""]
 
 
 def main() -> None:
@@ -70,7 +77,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=300, help="synthetic: queries")
     parser.add_argument("--seed", type=int, default=0, help="synthetic: random seed")
     parser.add_argument("--collection", help="use this collection of the configured services")
-    parser.add_argument("--modes", default="dense,lexical,fused,fused+rerank")
+    parser.add_argument("--modes", default="dense,lexical,fused,rrf,fused+rerank")
     parser.add_argument("--chunks", type=int, default=200, help="chunks retrieved per query")
     parser.add_argument("--rerank-model", help="cross-encoder (sets PGRAG_RERANK_MODEL)")
     parser.add_argument("--out", type=Path)
@@ -88,20 +95,20 @@ def main() -> None:
             name = f"synthetic-{args.docs}-{args.queries}-{args.seed}"
         else:
             folder = args.beir
-            name = f"beir-{Path(args.beir).resolve().name}"
+            name = f"beir-{Path(args.beir).absolute().name}"
         data = evaluation.load_beir(folder, args.split)
-        with services(args):
+        with services(bool(args.collection), ["ingest", "embed"]):
             results = run(args, data, args.collection or name)
-    dataset = name.removeprefix("beir-").lower()
-    report(args, name, dataset, data, results)
+    report(args, name, data, results)
 
 
 def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, Any]:
     from pgrag import evaluation
 
     started = time.perf_counter()
-    collection = evaluation.ingest_beir(data, collection_name)
+    collection = evaluation.ingest_beir(data, collection_name, progress=ingest_progress)
     ingest_s = time.perf_counter() - started
+    print(file=sys.stderr)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     skipped: dict[str, str] = {}
     if "fused+rerank" in modes:
@@ -118,20 +125,23 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
             print(f"  {mode}: {done}/{len(data.queries)} queries", file=sys.stderr)
 
     scored = evaluation.evaluate(collection, data, modes, chunks=args.chunks, progress=progress)
+    from pgrag.fusion import Fusion
+
     return {
         "collection": collection_name,
+        "fusion": str(Fusion.from_json(collection.fusion)),
         "ingest_s": ingest_s,
         "skipped": skipped,
         "modes": {m: {**r.metrics, "ms_per_query": r.ms_per_query} for m, r in scored.items()},
     }
 
 
-def report(
-    args: argparse.Namespace, name: str, dataset: str, data: Any, results: dict[str, Any]
-) -> None:
+def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, Any]) -> None:
     from pgrag.settings import get_settings
 
-    published = PUBLISHED_DENSE.get(dataset)
+    # Published figures are of BEIR's test split.
+    found = published_dense(name) if args.split == "test" else None
+    anchor_set, published = found or (None, None)
     rows: list[list[Any]] = []
     for mode, m in results["modes"].items():
         anchor = f"{published:.3f}" if (published and mode == "dense") else ""
@@ -144,14 +154,19 @@ def report(
                 anchor,
             ]
         )
-    for mode, reason in results["skipped"].items():
-        rows.append([mode, "-", "-", "-", f"skipped: {reason[:60]}..."])
+    for mode in results["skipped"]:
+        rows.append([mode, "-", "-", "-", "skipped: no cross-encoder (below)"])
     print_table(
         f"{name}: {len(data.queries)} queries, collection {results['collection']}"
         f" (ingested in {results['ingest_s']:.0f} s)",
         rows,
         ["mode", "nDCG@10", "recall@100", "ms/query", "published nDCG@10"],
     )
+    print(f"fused: {results['fusion']}; rrf: plain reciprocal rank fusion (before issue #11)")
+    if anchor_set:
+        print(f"published: all-MiniLM-L6-v2 on BEIR {anchor_set}")
+    for mode, reason in results["skipped"].items():
+        print(f"{mode} skipped: {reason}")
     settings = get_settings()
     out = write_json(
         args.out or default_out("retrieval-eval"),
@@ -164,6 +179,7 @@ def report(
             "rerank_model": settings.rerank_model,
             "rerank_top_n": settings.rerank_top_n,
             "published_dense_ndcg@10": published,
+            "published_set": anchor_set,
             **results,
         },
     )

@@ -36,6 +36,7 @@ from pgrag import db, indexing, queue, streaming, work
 from pgrag.collections import get_collection
 from pgrag.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.generation.extractive import content_words
+from pgrag.generation.spans import concise
 from pgrag.schema import TERMINAL_JOB_STATES, Collection, Query
 from pgrag.settings import get_settings
 
@@ -203,16 +204,19 @@ def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started
     timings["generate"] = _ms(t)
 
     citations = cite(text, passages)
+    short = concise(question, text) if found else None
     timings["total"] = _ms(started)
     timings = {s: timings[s] for s in TIMINGS if s in timings}
     with db.connect() as conn:
         conn.execute(
             "UPDATE pgrag.queries SET state = 'done', collection_id = %s, answer = %s,"
-            " citations = %s, passages = %s, timings = %s, question_embedding = %s,"
-            " options = options || %s, error = NULL, finished_at = now() WHERE id = %s",
+            " short_answer = %s, citations = %s, passages = %s, timings = %s,"
+            " question_embedding = %s, options = options || %s, error = NULL,"
+            " finished_at = now() WHERE id = %s",
             (
                 collection.id,
                 text,
+                short,
                 Jsonb(citations),
                 Jsonb(passages),
                 Jsonb(timings),
@@ -221,7 +225,8 @@ def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started
                 key,
             ),
         )
-    streaming.publish(key, "done", {"answer": text, "citations": citations, "timings": timings})
+    done = {"answer": text, "short_answer": short, "citations": citations, "timings": timings}
+    streaming.publish(key, "done", done)
 
 
 def _retrieve(

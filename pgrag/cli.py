@@ -220,13 +220,16 @@ def collections(ctx: click.Context) -> None:
     """List collections (or create / drop one)."""
     if ctx.invoked_subcommand is None:
         from pgrag.collections import list_collections
+        from pgrag.fusion import Fusion
 
         rows = list_collections()
         if not rows:
             click.echo("no collections yet: `pgrag collections create NAME`")
         for c in rows:
+            fusion = f"  fusion: {Fusion.from_json(c.fusion)}" if c.fusion else ""
             click.echo(
                 f"{c.name:<20} {c.model}  dim={c.dim}  chunk={c.chunk_size}/{c.chunk_overlap}"
+                + fusion
             )
 
 
@@ -272,6 +275,34 @@ def collections_drop(name: str) -> None:
 
     drop_collection(name)
     click.echo(f"dropped {name}")
+
+
+@collections.command("set-fusion")
+@click.argument("name")
+@click.option(
+    "--method",
+    type=click.Choice(["zscore", "rrf"]),
+    default="zscore",
+    show_default=True,
+    help="zscore: weighted sum of each ranking's per-query z-scores; rrf: reciprocal rank fusion.",
+)
+@click.option(
+    "--dense-weight",
+    type=click.FloatRange(0, 1),
+    default=0.5,
+    show_default=True,
+    help="Weight of the dense ranking; the lexical one gets 1 minus it.",
+)
+@click.option("--default", "reset", is_flag=True, help="Back to pgrag's default fusion.")
+@friendly_errors
+def collections_set_fusion(name: str, method: str, dense_weight: float, reset: bool) -> None:
+    """Set how hybrid searches of collection NAME fuse dense and lexical rankings. Measure
+    it first on queries of your own with judgments (docs/quality.md)."""
+    from pgrag.collections import set_fusion
+    from pgrag.fusion import Fusion
+
+    fusion = set_fusion(name, None if reset else Fusion(method, dense_weight))
+    click.echo(f"{name}: hybrid searches fuse by {fusion}")
 
 
 # ---------------------------------------------------------------------------- ingest and jobs
@@ -445,7 +476,7 @@ def jobs(args: tuple[str, ...]) -> None:
     type=click.Choice(["dense", "lexical", "hybrid"]),
     default="hybrid",
     show_default=True,
-    help="dense: HNSW nearest neighbours; lexical: BM25; hybrid: reciprocal rank fusion of both.",
+    help="dense: HNSW nearest neighbours; lexical: BM25; hybrid: both, fused (docs/quality.md).",
 )
 @click.option(
     "--rerank", is_flag=True, help="Rescore the top PGRAG_RERANK_TOP_N with the cross-encoder."

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
+from psycopg.types.json import Jsonb
 from sqlalchemy import select
 
 from pgrag import db
+from pgrag.fusion import Fusion
 from pgrag.schema import Collection
 from pgrag.settings import get_settings
 
@@ -84,6 +86,19 @@ def create_collection(
         s.add(collection)
         s.commit()
     return collection
+
+
+def set_fusion(name: str, fusion: Fusion | None) -> Fusion:
+    """Set how hybrid searches of the collection fuse their rankings (None: the default);
+    returns the fusion now in force."""
+    collection = get_collection(name)
+    value = fusion.to_json() if fusion else None
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE pgrag.collections SET fusion = %s WHERE id = %s",
+            (Jsonb(value) if value else None, collection.id),
+        )
+    return Fusion.from_json(value)
 
 
 def drop_collection(name: str) -> None:

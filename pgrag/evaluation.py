@@ -3,9 +3,12 @@
 A BEIR folder holds `corpus.jsonl` ({"_id", "title", "text", ...} per line), `queries.jsonl`
 ({"_id", "text"}) and `qrels/<split>.tsv` (query-id, corpus-id, score, with a header line).
 `ingest_beir` loads the corpus through the real pipeline (the ingest and embed workers, as
-`pgrag ingest corpus.jsonl` does); `evaluate` runs every judged query in each mode:
+`pgrag ingest corpus.jsonl` does; an existing collection needs no corpus file, its
+documents' external ids being the qrels' corpus ids); `evaluate` runs every judged query in
+each mode:
 
-    dense, lexical, fused (RRF of both), fused+rerank (cross-encoder over the fused list)
+    dense, lexical, fused (the collection's fusion of both, `pgrag.fusion`), fused+rerank
+    (cross-encoder over the fused list), rrf (plain reciprocal rank fusion, for comparison)
 
 Chunks are retrieved, and a document ranks where its best chunk ranks. The metrics follow
 trec_eval, as pytrec_eval computes them for BEIR (`ndcg_cut.10`, `recall.100`):
@@ -35,13 +38,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pgrag.schema import Collection
+from pgrag.fusion import Fusion
+from pgrag.schema import Collection, IngestJob
 
-MODES: dict[str, tuple[str, bool]] = {  # evaluation mode -> (retrieve mode, rerank)
-    "dense": ("dense", False),
-    "lexical": ("lexical", False),
-    "fused": ("hybrid", False),
-    "fused+rerank": ("hybrid", True),
+# evaluation mode -> (retrieve mode, rerank, fusion: None for the collection's own)
+MODES: dict[str, tuple[str, bool, Fusion | None]] = {
+    "dense": ("dense", False, None),
+    "lexical": ("lexical", False, None),
+    "fused": ("hybrid", False, None),
+    "fused+rerank": ("hybrid", True, None),
+    "rrf": ("hybrid", False, Fusion("rrf")),  # plain RRF, pgrag's fusion before issue #11
 }
 
 
@@ -60,7 +66,9 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Queries and judgments of a BEIR folder (the corpus stays on disk for ingestion)."""
     folder = Path(folder).expanduser().resolve()
     qrels_path = folder / "qrels" / f"{split}.tsv"
-    for path in (folder / "corpus.jsonl", folder / "queries.jsonl", qrels_path):
+    # The corpus is read only to create a collection: judged queries of an existing
+    # collection (its documents' external ids in the qrels) need none.
+    for path in (folder / "queries.jsonl", qrels_path):
         if not path.is_file():
             raise FileNotFoundError(
                 f"{path} is missing: not a BEIR folder (corpus.jsonl, "
@@ -132,9 +140,16 @@ def score_run(
 # ---------------------------------------------------------------------------- runs
 
 
-def ingest_beir(data: BeirData, collection: str, *, timeout: float = 24 * 3600) -> Collection:
+def ingest_beir(
+    data: BeirData,
+    collection: str,
+    *,
+    timeout: float = 24 * 3600,
+    progress: Callable[[IngestJob], None] | None = None,
+) -> Collection:
     """The collection holding `data`'s corpus: reused when it already has documents, else
-    created and filled through the real pipeline (needs the ingest and embed workers)."""
+    created and filled through the real pipeline (needs the ingest and embed workers).
+    `progress` is called with the job's state every poll (half a second)."""
     from pgrag import db, ingest, jobs
     from pgrag.collections import get_collection
 
@@ -150,9 +165,15 @@ def ingest_beir(data: BeirData, collection: str, *, timeout: float = 24 * 3600) 
             return found
     except LookupError:
         pass
+    if not data.corpus_path.is_file():
+        raise FileNotFoundError(
+            f"{data.corpus_path} is missing: it is needed to fill collection {collection!r}"
+        )
     job = ingest.submit(data.corpus_path, collection, create=True)
     deadline = time.monotonic() + timeout
     while not (state := jobs.get_job(job.id)).finished:
+        if progress:
+            progress(state)
         if time.monotonic() > deadline:
             raise TimeoutError(f"ingest job {job.id} still {state.state} after {timeout:.0f} s")
         time.sleep(0.5)
@@ -197,7 +218,7 @@ def evaluate(
     vectors = embedder.encode([data.queries[q] for q in ids])
     results: dict[str, ModeResult] = {}
     for mode in modes:
-        search_mode, rerank = MODES[mode]
+        search_mode, rerank, fusion = MODES[mode]
         runs: dict[str, dict[str, float]] = {}
         start = time.perf_counter()
         for i, (q, vector) in enumerate(zip(ids, vectors, strict=True)):
@@ -208,6 +229,7 @@ def evaluate(
                 mode=search_mode,
                 rerank=rerank,
                 query_vector=vector,
+                fusion=fusion,
             )
             runs[q] = document_run(p.external_id for p in found.passages)
             if progress:

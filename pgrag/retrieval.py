@@ -1,4 +1,4 @@
-"""Retrieval: dense ANN and BM25 recall in SQL, fused by reciprocal rank, optionally reranked.
+"""Retrieval: dense ANN and BM25 recall in SQL, fused into one ranking, optionally reranked.
 
     retrieve(collection, query, k=10, mode="hybrid", filters=["lang=en"], rerank=True)
 
@@ -6,7 +6,8 @@
   from the number of rows wanted and `hnsw.iterative_scan = relaxed_order`, so that a
   selective metadata filter still gets its rows from the index;
 - lexical: BM25 over the lexical index's posting rows (`lexical.py`);
-- hybrid: reciprocal rank fusion (RRF) of the dense and lexical top-N, N = max(k, rerank_top_n);
+- hybrid: the dense and lexical top-N, N = max(k, rerank_top_n), fused (`fusion.py`: by
+  default a combination of each list's z-scores; a collection may set its own);
 - rerank: a cross-encoder rescores the fused top `rerank_top_n` (`rerank.py`).
 
 Every passage keeps the score and the 1-based rank it got at each stage it went through
@@ -26,19 +27,13 @@ import psycopg
 
 from pgrag import db, indexing
 from pgrag.collections import get_collection
-from pgrag.embedding import load_embedder
 from pgrag.filters import Filter, parse_filters, where_sql
+from pgrag.fusion import Fusion, fuse
 from pgrag.lexical import bm25_recall
 from pgrag.schema import Collection
 from pgrag.settings import get_settings
 
 MODES = ("dense", "lexical", "hybrid")
-RRF_K = 60  # the constant of Cormack et al.: 1 / (60 + rank)
-# Weight of each list in the fusion. Plain RRF (equal weights) beat dense alone on the
-# synthetic evaluation (bench/retrieval_eval.py --synthetic: nDCG@10 dense 0.755, lexical
-# 0.667, fused 0.801); weighting dense 1.5x or lexical 0.5-0.7x measured 0.798-0.801, no
-# better. Re-measure on a real collection before changing them.
-FUSION_WEIGHTS = {"dense": 1.0, "lexical": 1.0}
 
 
 @dataclass
@@ -134,37 +129,6 @@ def lexical_recall(
     return [_passage(row, "lexical", float(row[7]), rank) for rank, row in enumerate(rows, 1)]
 
 
-def fuse(
-    lists: dict[str, list[Passage]],
-    *,
-    weights: dict[str, float] | None = None,
-    rrf_k: int = RRF_K,
-) -> list[Passage]:
-    """Reciprocal rank fusion: score "fused" = sum over lists of weight / (rrf_k + rank).
-
-    A chunk found by several lists becomes one passage carrying every list's score and rank.
-    Ties keep the order of first appearance (lists in the given order).
-    """
-    weights = FUSION_WEIGHTS if weights is None else weights
-    merged: dict[int, Passage] = {}
-    for passages in lists.values():
-        for p in passages:
-            seen = merged.setdefault(p.chunk_id, p)
-            if seen is not p:
-                seen.scores.update(p.scores)
-                seen.ranks.update(p.ranks)
-    for p in merged.values():
-        p.scores["fused"] = sum(
-            weights.get(stage, 1.0) / (rrf_k + rank)
-            for stage, rank in p.ranks.items()
-            if stage in lists
-        )
-    fused = sorted(merged.values(), key=lambda p: -p.scores["fused"])
-    for rank, p in enumerate(fused, 1):
-        p.ranks["fused"] = rank
-    return fused
-
-
 def rerank_passages(query: str, passages: list[Passage], top_n: int) -> list[Passage]:
     """The first `top_n` passages sorted by the cross-encoder's score (kept as "rerank"),
     then the rest in their order."""
@@ -195,13 +159,15 @@ def retrieve(
     filters: Sequence[str] = (),
     rerank: bool = False,
     query_vector: np.ndarray | None = None,
+    fusion: Fusion | None = None,
 ) -> Retrieval:
     """The k best passages of `collection` for `query`.
 
-    mode: "dense", "lexical" or "hybrid" (RRF of both). filters: expressions of
+    mode: "dense", "lexical" or "hybrid" (both, fused). filters: expressions of
     `pgrag.filters` ("lang=en", "year>=2020"), ANDed. rerank: rescore the fused top
     `rerank_top_n` with the cross-encoder. query_vector: the query's embedding when the
-    caller has it already (skips the embed stage).
+    caller has it already (skips the embed stage). fusion: how a hybrid search fuses its
+    lists; None: the collection's setting, else the default (`pgrag.fusion`).
     ValueError for an unknown mode, a bad k or a malformed filter, before any work.
     """
     if mode not in MODES:
@@ -223,7 +189,10 @@ def retrieve(
             lists["dense"] = dense_recall(conn, collection, query_vector, depth, parsed)
         if mode != "dense":
             lists["lexical"] = lexical_recall(conn, collection, query, depth, parsed)
-    passages = fuse(lists) if mode == "hybrid" else lists[mode]
+    if mode == "hybrid":
+        passages = fuse(lists, fusion or Fusion.from_json(collection.fusion), depth)
+    else:
+        passages = lists[mode]
     if rerank:
         with _timed(timings, "rerank"):
             passages = rerank_passages(query, passages, top_n)
@@ -231,6 +200,9 @@ def retrieve(
 
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
+    # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
+    from pgrag.embedding import load_embedder
+
     embedder = load_embedder(collection.model, get_settings().device)
     return embedder.encode([text])[0]
 

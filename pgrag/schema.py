@@ -37,6 +37,7 @@ class Collection(Base):
     text_config: Mapped[str] = mapped_column(REGCONFIG, default="english")
     hnsw_m: Mapped[int] = mapped_column(default=16)
     hnsw_ef_construction: Mapped[int] = mapped_column(default=64)
+    fusion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # None: pgrag.fusion.DEFAULT
     created_at: Mapped[datetime] = mapped_column(server_default="now()")
 
     @property
@@ -150,6 +151,7 @@ class Query(Base):
     state: Mapped[str] = mapped_column(Text, default="queued")
     question_embedding: Mapped[Any | None] = mapped_column(Vector())
     answer: Mapped[str | None] = mapped_column(Text)
+    short_answer: Mapped[str | None] = mapped_column(Text)
     citations: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     passages: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONB)
     timings: Mapped[dict[str, float] | None] = mapped_column(JSONB)

@@ -6,7 +6,7 @@ object):
     status    {"state": "queued" | "running" | "retrieving" | "generating" | "restarted", ...}
     passages  {"passages": [{n, chunk_id, document_id, external_id, title, text, scores, ...}]}
     token     {"text": "..."}            pieces of the answer, grouped (see `TokenBuffer`)
-    done      {"answer", "citations", "timings"}
+    done      {"answer", "short_answer", "citations", "timings"}
     error     {"reason": "..."}
 
 `done` or `error` is always the last event. Every write renews the stream's expiry

@@ -120,7 +120,7 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
         del os.environ["PGRAG_RERANK_MODEL"]
         get_settings.cache_clear()
 
-    assert set(results) == {"dense", "lexical", "fused", "fused+rerank"}
+    assert set(results) == {"dense", "lexical", "fused", "fused+rerank", "rrf"}
     for mode, result in results.items():
         assert result.metrics["queries"] == 30, mode
         assert (

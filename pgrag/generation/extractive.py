@@ -16,20 +16,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from pgrag.generation import GeneratorTimeout, Request
+from pgrag.generation.spans import holds_kind
+from pgrag.generation.words import content_words, split_sentences
+
+__all__ = ["ExtractiveGenerator", "content_words", "sentences"]
 
 MAX_SENTENCES = 3
 KEEP_RATIO = 0.8  # a sentence after the best is kept when it scores this share of the best
 MIN_WORDS = 4  # shorter "sentences" are headings or list labels
 RANK_PENALTY = 0.02  # per passage rank, so ties go to the better-ranked passage
 FRAGMENT_PENALTY = 0.1
+CONTEXT_WEIGHT = 0.5  # a question word said only by the sentence before counts this much
+KIND_BONUS = 0.2  # a sentence holding a word of the kind of answer asked for (a year for "when")
 
-_STOPWORDS = (
-    "a an and are as at be by can do does did for from has have how i in is it its of on or "
-    "our should the their there this to was we what when where which who why will with you "
-    "your many much long often per any each"
-)
-STOPWORDS = frozenset(_STOPWORDS.split())
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _BLOCK_START = re.compile(r"^\s*(#|[-*+>|]\s|\d+[.)]\s|\|)")  # heading, list item, quote, row
 _MARKUP = re.compile(r"^[\s#>*\-+]+|[*_`]+")
 
@@ -38,13 +37,8 @@ _MARKUP = re.compile(r"^[\s#>*\-+]+|[*_`]+")
 class Sentence:
     n: int  # 1-based passage number
     text: str
+    before: str = ""  # the sentence before it in its passage
     score: float = 0.0
-
-
-def content_words(text: str) -> set[str]:
-    words = re.findall(r"[a-z0-9]+", text.lower())
-    # A light stemmer: plural "s" off, so "snapshots" matches "snapshot".
-    return {w[:-1] if len(w) > 3 and w.endswith("s") else w for w in words} - STOPWORDS
 
 
 def blocks(text: str) -> list[str]:
@@ -87,7 +81,7 @@ def sentences(text: str) -> list[str]:
             parts = [table_row(block, header)]
         else:
             header = None
-            parts = _SENTENCE_END.split(_MARKUP.sub("", block))
+            parts = split_sentences(_MARKUP.sub("", block))
         found += [" ".join(p.split()) for p in parts if len(p.split()) >= MIN_WORDS]
     return found
 
@@ -100,19 +94,26 @@ class ExtractiveGenerator:
         seen: set[str] = set()
         candidates = []
         for n, passage in enumerate(request.passages, 1):
-            for text in sentences(passage.text):
+            found = sentences(passage.text)
+            for before, text in zip(["", *found], found, strict=False):
                 if text not in seen:
                     seen.add(text)
-                    candidates.append(Sentence(n, text))
+                    candidates.append(Sentence(n, text, before))
         if not candidates:
             yield "The passages found contain no sentence to answer with."
             return
         question_words = content_words(request.question)
         for c in candidates:
-            shared = len(question_words & content_words(c.text))
+            said = question_words & content_words(c.text)
+            # What the sentence before says of the question often holds for this one too
+            # ("The exchange opened in 1817. ... It was re-established in April 1991.").
+            context = question_words & content_words(c.before) - said
+            shared = len(said) + CONTEXT_WEIGHT * len(context)
             c.score = shared / max(len(question_words), 1) - RANK_PENALTY * (c.n - 1)
             if c.text[0].islower():
                 c.score -= FRAGMENT_PENALTY  # the tail of a sentence cut by a chunk boundary
+            if holds_kind(request.question, c.text):
+                c.score += KIND_BONUS
         if request.embed is not None:
             vectors = request.embed([c.text for c in candidates])
             q = request.question_vector

@@ -1,0 +1,38 @@
+"""Words and sentences of a text as the extractive generator compares them: words lower
+case, lightly stemmed, stop words (and question words) left out."""
+
+from __future__ import annotations
+
+import re
+
+_STOPWORDS = (
+    "a an and are as at be by can do does did for from has have how i in is it its of on or "
+    "our should the their there this to was we what when where which who why will with you "
+    "your many much long often per any each"
+)
+STOPWORDS = frozenset(_STOPWORDS.split())
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+_NO_END = re.compile(
+    r"(\b[A-Z]|\b(Mr|Mrs|Ms|Dr|St|Jr|Sr|Prof|No|vs|Inc|Ltd|Co|Gen|Gov|Mt|Ft|Lt|Col|Rev))\.$"
+)
+
+
+def stem(word: str) -> str:
+    """A light stemmer: plural "s" off, so "snapshots" matches "snapshot"."""
+    return word[:-1] if len(word) > 3 and word.endswith("s") else word
+
+
+def content_words(text: str) -> set[str]:
+    return {stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())} - STOPWORDS
+
+
+def split_sentences(text: str) -> list[str]:
+    """Sentences of a paragraph; a period after an initial ("James O. McKinsey") or a common
+    abbreviation ("St. Johns", "No. 182") ends none."""
+    found: list[str] = []
+    for piece in _SENTENCE_END.split(text):
+        if found and _NO_END.search(found[-1]):
+            found[-1] += " " + piece
+        else:
+            found.append(piece)
+    return found
