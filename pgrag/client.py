@@ -78,6 +78,11 @@ def follow(
 def final_event(row: Query) -> Event:
     """The `done` or `error` event of a finished question, from its stored row."""
     if row.state == "done":
-        data = {"answer": row.answer, "citations": row.citations, "timings": row.timings}
+        data = {
+            "answer": row.answer,
+            "short_answer": row.short_answer,
+            "citations": row.citations,
+            "timings": row.timings,
+        }
         return Event("done", data)
     return Event("error", {"reason": row.error or "failed"})

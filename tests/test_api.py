@@ -156,6 +156,7 @@ def test_ask_then_read_the_answer_as_server_sent_events(admin: KeyClient, kb: st
         stored = admin.get(f"/v1/answers/{query_id}", params={"wait": "false"}).json()
         assert (stored["state"], stored["question"]) == ("done", question)
         assert stored["answer"] == done["answer"]
+        assert stored["short_answer"] == done["short_answer"]
         assert stored["citations"] == [{"inferred": False, **c} for c in done["citations"]]
         assert stored["timings"] == done["timings"]
         passages = next(e for e in events if e["event"] == "passages")["data"]["passages"]

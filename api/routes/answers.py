@@ -68,6 +68,9 @@ class Answer(BaseModel):
     options: dict[str, Any]
     state: Literal["queued", "running", "done", "failed"]
     answer: str | None
+    short_answer: str | None = Field(
+        None, description="The answer as a short phrase with its citation marker"
+    )
     citations: list[Citation] | None
     passages: list[dict[str, Any]] | None = Field(
         description="Passages given to the generator, with the score and rank of each stage"

@@ -21,7 +21,9 @@ class SearchRequest(BaseModel):
     collection: str
     k: int = Field(10, ge=1, le=1000)
     mode: Literal["dense", "lexical", "hybrid"] = Field(
-        "hybrid", description="dense: HNSW; lexical: BM25; hybrid: reciprocal rank fusion"
+        "hybrid",
+        description="dense: HNSW; lexical: BM25; hybrid: both fused (the collection's fusion,"
+        " z-scores by default)",
     )
     filters: list[str] = Field(
         default_factory=list,
