@@ -61,12 +61,13 @@ COPY_PENDING = "COPY pgrag.lexical_pending (collection_id, chunk_id) FROM STDIN"
 
 # One block of the collection's oldest pending chunks, which it takes out of lexical_pending.
 BUILD_BLOCK = """
-WITH picked AS MATERIALIZED (
-    DELETE FROM pgrag.lexical_pending
-    WHERE collection_id = %(c)s AND chunk_id IN (
-        SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
-        ORDER BY chunk_id LIMIT %(n)s FOR UPDATE)
-    RETURNING chunk_id
+WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run the LIMIT per row
+    SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+    ORDER BY chunk_id LIMIT %(n)s FOR UPDATE
+), picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending p USING ids
+    WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+    RETURNING p.chunk_id
 ), chunks AS MATERIALIZED (
     SELECT f.chunk_id, f.lexemes, f.tfs, f.len
     FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
