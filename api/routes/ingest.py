@@ -75,9 +75,9 @@ class Job(BaseModel):
 ERRORS_SHOWN = 100
 
 
-def _job(job: IngestJob, with_errors: bool = True) -> Job:
+def _job(job: IngestJob, collection: str, with_errors: bool = True) -> Job:
     out = Job.model_validate(job, from_attributes=True)
-    out.collection = get_collection_by_id(job.collection_id).name
+    out.collection = collection
     out.recovered, out.last_recovery = jobs.job_recoveries(job.id)
     if with_errors:
         out.errors = [
@@ -91,7 +91,7 @@ def _queue(source: Path, collection: str, *, create: bool, delete_missing: bool)
         job = ingest.submit(source, collection, delete_missing=delete_missing, create=create)
     except (LookupError, ValueError) as e:  # SourceNotFound, UnknownCollection, a bad name
         raise HTTPException(400, str(e).strip("'\"")) from None
-    return _job(jobs.get_job(job.id), with_errors=False)
+    return _job(jobs.get_job(job.id), collection, with_errors=False)
 
 
 @router.post(
@@ -201,8 +201,9 @@ def get_job(job_id: int, key: IngestKey) -> Job:
     """An ingest job's state and counters, with its first per-document errors."""
     try:
         job = jobs.get_job(job_id)
-        if not key.sees(get_collection_by_id(job.collection_id).name):
+        collection = get_collection_by_id(job.collection_id).name
+        if not key.sees(collection):
             raise jobs.UnknownJob(job_id)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
-    return _job(job)
+    return _job(job, collection)
