@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,17 @@ def stored_chunk_lexemes(collection_id: int, text_config: str) -> dict[int, Coun
     return {cid: lexer.lexemes(analysed_text(title, text)) for cid, title, text in chunks}
 
 
+def sweep_lock_held() -> bool:
+    from pgrag import db, work
+
+    with db.connect() as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid::bigint = %s",
+            (work.SWEEP_LOCK,),
+        ).fetchone()
+    return bool(row and row[0])
+
+
 class Worker:
     """A real `celery worker` process on some queues, which a test may kill."""
 
@@ -114,6 +126,21 @@ class Worker:
         """SIGKILL the whole worker (main process and pool children) at once."""
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+
+    @contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the whole worker for the body, SIGCONT after: it neither consumes nor
+        sweeps meanwhile. Never frozen in the middle of a sweep, whose lock would stay held."""
+        while True:
+            os.killpg(self.proc.pid, signal.SIGSTOP)
+            if not sweep_lock_held():
+                break
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -266,21 +293,32 @@ _broker_dbs = itertools.cycle(range(1, 16))
 
 
 @pytest.fixture
-def own_broker(services: Path) -> Iterator[None]:
+def own_broker(worker: Worker) -> Iterator[None]:
     """A Redis database of its own (emptied first), so that only the test's own workers get
-    its tasks."""
+    its tasks. The shared worker is frozen meanwhile, once its work is done: its sweeper
+    shares the ledger, and would send the test's work to its own broker (database 0)."""
     import redis
 
-    from pgrag import queue
+    from pgrag import db, queue
     from pgrag import services as svc
     from pgrag.settings import get_settings
 
+    deadline = time.monotonic() + 120  # work of an earlier test still in flight
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pgrag.work WHERE state IN ('queued', 'running')"
+            ).fetchone()
+        if not (row and row[0]):
+            break
+        time.sleep(0.2)
     url = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
     redis.Redis.from_url(url).flushdb()
     os.environ["PGRAG_REDIS_URL"] = url
     get_settings.cache_clear()
     queue._client.cache_clear()
-    yield
+    with worker.frozen():
+        yield
     del os.environ["PGRAG_REDIS_URL"]
     get_settings.cache_clear()
     queue._client.cache_clear()
