@@ -22,14 +22,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pgrag import db, indexing, ingest
-from pgrag.analyzer import Analyzer
-from pgrag.collections import get_collection
-from pgrag.filters import parse_filter, parse_filters
-from pgrag.jobs import get_job
-from pgrag.lexical import K1, B
-from pgrag.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
-from pgrag.schema import Collection
+from pgrag.ingest import pipeline
+from pgrag.ingest.jobs import get_job
+from pgrag.query.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
+from pgrag.runtime import db
+from pgrag.store import indexing
+from pgrag.store.analyzer import Analyzer
+from pgrag.store.collections import get_collection
+from pgrag.store.filters import parse_filter, parse_filters
+from pgrag.store.lexical import K1, B
+from pgrag.store.schema import Collection
 from tests.conftest import stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
@@ -164,7 +166,7 @@ def corpus(worker: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     rows = product_rows() + [{**r, "metadata": {"lang": "en", "year": 2024}} for r in SPECIAL]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     name = f"t{next(_names)}_retrieval"
-    job = ingest.submit(path, name, create=True)
+    job = pipeline.submit(path, name, create=True)
     deadline = time.monotonic() + 600
     while not (done := get_job(job.id)).finished:
         assert time.monotonic() < deadline, "ingest did not finish"
@@ -255,7 +257,7 @@ def test_hybrid_keeps_meaning_matches_that_lexical_misses(corpus: Collection) ->
     assert ids(dense)[0] == "support-target"
     # Both lists are decisive here, dense for the meaning and BM25 for three rare shared
     # words: the fusion keeps both winners above everything else. Which of the two comes
-    # first depends on how far each stands out in its list (pgrag/fusion.py); with BM25's
+    # first depends on how far each stands out in its list (pgrag/query/fusion.py); with BM25's
     # zeros counted, the distractor's three rare words win by a little (they lost by a
     # little under RRF). The meaning match is kept, not lost.
     assert set(ids(hybrid)[:2]) == {"support-target", "support-distractor"}
@@ -315,7 +317,7 @@ def test_ef_search_comes_from_k_and_the_setting(
     corpus: Collection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The search session's hnsw.ef_search: the setting's floor, 2k past it, 1000 at most."""
-    from pgrag.settings import get_settings
+    from pgrag.runtime.settings import get_settings
 
     def ef_for(k: int) -> int:
         with db.connect() as conn:
@@ -387,8 +389,8 @@ def reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured through PGRAG_RERANK_MODEL."""
     from sentence_transformers import CrossEncoder
 
-    from pgrag.models import resolve_model
-    from pgrag.settings import get_settings
+    from pgrag.inference.weights import resolve_model
+    from pgrag.runtime.settings import get_settings
 
     path = str(tmp_path_factory.mktemp("reranker"))
     CrossEncoder(
@@ -402,7 +404,7 @@ def reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker_path: str) -> None:
-    from pgrag.rerank import load_reranker, passage_text, rerank_scores
+    from pgrag.inference.rerank import load_reranker, passage_text, rerank_scores
 
     query = "compact pressure valve with a long warranty"
     fused = retrieve(corpus, query, k=50, mode="hybrid").passages
@@ -430,7 +432,7 @@ def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker
 
 
 def test_missing_reranker_model_is_a_clear_error() -> None:
-    from pgrag.rerank import RerankerUnavailable, load_reranker
+    from pgrag.inference.rerank import RerankerUnavailable, load_reranker
 
     with pytest.raises(
         RerankerUnavailable, match=r"'cross-encoder/nope-not-here'.*PGRAG_RERANK_MODEL"

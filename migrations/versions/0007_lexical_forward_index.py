@@ -2,7 +2,7 @@
 
 Embed tasks stop writing posting rows: they COPY each chunk's lexeme counts into
 `chunk_lexemes` and queue the chunk in `lexical_pending`; the job's last step groups the
-pending chunks into blocks of up to 4,096 chunks (pgrag/lexical.py). Deletes read a chunk's
+pending chunks into blocks of up to 4,096 chunks (pgrag/store/lexical.py). Deletes read a chunk's
 lexemes from `chunk_lexemes` and edit the posting rows in place, so blocks no longer need to
 list their lexemes, nor chunks to name their block (a GIN index finds a chunk's block).
 
@@ -43,7 +43,7 @@ CREATE TABLE pgrag.chunk_lexemes (
     tfs             text NOT NULL,
     len             integer NOT NULL
 );
-COMMENT ON TABLE pgrag.chunk_lexemes IS 'Forward index for BM25: each chunk''s distinct lexemes and their counts, as analysed when it was loaded (title and text; pgrag/analyzer.py).';
+COMMENT ON TABLE pgrag.chunk_lexemes IS 'Forward index for BM25: each chunk''s distinct lexemes and their counts, as analysed when it was loaded (title and text; pgrag/store/analyzer.py).';
 COMMENT ON COLUMN pgrag.chunk_lexemes.chunk_id IS 'The chunk.';
 COMMENT ON COLUMN pgrag.chunk_lexemes.collection_id IS 'Collection of the chunk.';
 COMMENT ON COLUMN pgrag.chunk_lexemes.lexemes IS 'Its distinct lexemes, space-separated: string_to_array(lexemes, '' '').';
@@ -99,7 +99,7 @@ DROP TABLE pgrag.chunk_lexemes;
 
 
 def _index_pending(conn: Any) -> None:
-    from pgrag import lexical
+    from pgrag.store import lexical
 
     for (collection_id,) in conn.execute(
         "SELECT DISTINCT collection_id FROM pgrag.lexical_pending"
@@ -109,8 +109,8 @@ def _index_pending(conn: Any) -> None:
 
 
 def upgrade() -> None:
-    from pgrag import lexical
-    from pgrag.analyzer import Analyzer
+    from pgrag.store import lexical
+    from pgrag.store.analyzer import Analyzer
 
     op.execute(UPGRADE)
     conn = op.get_bind().connection.driver_connection

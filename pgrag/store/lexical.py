@@ -1,0 +1,294 @@
+"""Lexical recall: a BM25 inverted index in blocks, built set-based by PostgreSQL and read in
+one statement.
+
+Tables:
+
+    pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len)   forward index
+    pgrag.lexical_pending (collection_id, chunk_id)                    chunks not yet indexed
+    pgrag.lexical_blocks (id, collection_id, chunk_ids[], total_len)   one row per block
+    pgrag.postings (collection_id, lexeme, block_id, chunk_ids[], tfs[], chunk_lens[])
+
+An embed task analyses its chunks (`analyzer.py`: title and chunk text, lower-cased, stemmed,
+stop words out) while the model runs, and COPYs each chunk's lexeme counts (its forward
+index row) and a pending row beside the chunk rows: the load writes no posting row. When the
+job ends, `index_pending` turns the collection's pending chunks into blocks of up to
+BLOCK_CHUNKS chunks, one statement each: PostgreSQL groups their (lexeme, tf) pairs into one
+posting row per distinct lexeme of the block, its posting list as parallel arrays. Big blocks
+make few rows (a common lexeme has one row per block, not one per chunk), which keeps a bulk
+load cheap; a small job makes a small block, in time proportional to its chunks, as the
+HNSW index does.
+
+Statistics are sums over the blocks, exact at every commit, over the indexed chunks only:
+
+    N     = chunks in the collection's blocks          df(t) = entries of t's posting rows
+    avgdl = total_len summed / N
+
+Deleting chunks (re-ingest, --delete-missing, a failed document) drops their pending rows, or
+takes them out of the posting rows of their lexemes (read from the forward index) in place,
+under a row lock of each block: work proportional to what is deleted. Both an index build and
+a delete take the pending rows first, in chunk order, so they never miss each other.
+
+A query is analysed the same way. A chunk matching any lexeme scores (OR semantics):
+
+    score  = sum over query lexemes t of  qtf(t) * idf(t) * bm25_tf(t)
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
+    bm25_tf(t) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))
+
+with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query. Each
+query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix; the
+whole posting list of every query lexeme is scored (no early termination).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import psycopg
+
+from pgrag.store.analyzer import analyzer
+from pgrag.store.filters import Filter, where_sql
+
+K1 = 0.9
+B = 0.4
+BLOCK_CHUNKS = 4096  # chunks a block holds at most
+
+# Text format: lexemes are runs of word characters (no tab, newline, backslash or space), so
+# a row needs no escaping, and a chunk's pairs travel as two space-separated strings.
+COPY_LEXEMES = "COPY pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len) FROM STDIN"
+COPY_PENDING = "COPY pgrag.lexical_pending (collection_id, chunk_id) FROM STDIN"
+
+# One block of the collection's oldest pending chunks, which it takes out of lexical_pending.
+BUILD_BLOCK = """
+WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run the LIMIT per row
+    SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+    ORDER BY chunk_id LIMIT %(n)s FOR UPDATE
+), picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending p USING ids
+    WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+    RETURNING p.chunk_id
+), chunks AS MATERIALIZED (
+    SELECT f.chunk_id, f.lexemes, f.tfs, f.len
+    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+), written AS (
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len)
+    FROM chunks c,
+         unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
+         AS p(lexeme, tf)
+    GROUP BY p.lexeme
+)
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len) FROM chunks
+HAVING count(*) > 0
+RETURNING cardinality(chunk_ids)
+"""
+
+# Take deleted chunks out of the posting rows of their (block, lexeme) pairs: each row keeps
+# the rest of its entries, or goes when none is left; then out of their blocks. The deleted
+# ids are matched as a hashed set (NOT IN a subquery), not an array scanned per entry.
+UNPOST = """
+WITH gone AS (
+    SELECT unnest(%(ids)s::bigint[]) AS id
+), targets AS MATERIALIZED (
+    SELECT p.lexeme, p.block_id, p.chunk_ids, p.tfs, p.chunk_lens
+    FROM pgrag.postings p
+    JOIN unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+      ON p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+), kept AS MATERIALIZED (
+    SELECT t.lexeme, t.block_id,
+           array_agg(u.id) AS ids, array_agg(u.tf) AS tfs, array_agg(u.len) AS lens
+    FROM targets t, unnest(t.chunk_ids, t.tfs, t.chunk_lens) AS u(id, tf, len)
+    WHERE u.id NOT IN (SELECT id FROM gone)
+    GROUP BY t.lexeme, t.block_id
+), updated AS (
+    UPDATE pgrag.postings p SET chunk_ids = k.ids, tfs = k.tfs, chunk_lens = k.lens
+    FROM kept k
+    WHERE p.collection_id = %(c)s AND p.lexeme = k.lexeme AND p.block_id = k.block_id
+)
+DELETE FROM pgrag.postings p USING targets t
+WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+  AND NOT EXISTS (SELECT FROM kept k WHERE k.lexeme = t.lexeme AND k.block_id = t.block_id)
+"""
+SHRINK_BLOCKS = """
+UPDATE pgrag.lexical_blocks b
+SET chunk_ids = array(
+        SELECT x FROM unnest(b.chunk_ids) AS x
+        WHERE x NOT IN (SELECT unnest(%(ids)s::bigint[]))),
+    total_len = b.total_len - d.len
+FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[]) AS d(block_id, len)
+WHERE b.id = d.block_id
+"""
+
+
+def analysed_text(title: str | None, text: str) -> str:
+    """What a chunk is indexed by: its document's title, then its text."""
+    return f"{title}\n{text}" if title else text
+
+
+def stage(
+    conn: psycopg.Connection,
+    collection_id: int,
+    chunk_ids: Sequence[int],
+    lexemes: Sequence[Mapping[str, int]],
+) -> None:
+    """Store the chunks' lexeme counts (`Analyzer.lexemes`) and queue them for the index."""
+    c = int(collection_id)
+    with conn.cursor().copy(COPY_LEXEMES) as copy:
+        copy.write(
+            "".join(
+                f"{int(chunk_id)}\t{c}\t{' '.join(counts)}"
+                f"\t{' '.join(map(str, counts.values()))}\t{sum(counts.values())}\n"
+                for chunk_id, counts in zip(chunk_ids, lexemes, strict=True)
+            )
+        )
+    with conn.cursor().copy(COPY_PENDING) as copy:
+        copy.write("".join(f"{c}\t{int(chunk_id)}\n" for chunk_id in chunk_ids))
+
+
+def build_block(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index up to BLOCK_CHUNKS of the collection's pending chunks as one new block; returns
+    how many (0: none was pending)."""
+    block_id = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
+    params = {"c": collection_id, "b": block_id[0], "n": BLOCK_CHUNKS}  # type: ignore[index]
+    row = conn.execute(BUILD_BLOCK, params).fetchone()
+    return row[0] if row else 0
+
+
+def index_pending(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index all of the collection's pending chunks, committing block by block (a build cut
+    short keeps what it did); returns the chunks indexed."""
+    indexed = 0
+    while built := build_block(conn, collection_id):
+        conn.commit()
+        indexed += built
+    return indexed
+
+
+def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+    """Delete the chunks of these documents (of one collection) and take them out of the
+    lexical index."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM pgrag.chunks WHERE document_id = ANY(%s) ORDER BY id",
+            (document_ids,),
+        )
+    ]
+    if not ids:
+        return
+    c = {"c": collection_id, "ids": ids}
+    # Pending rows first: this waits for an index build that holds them, after which they
+    # are gone and the chunks are in a block that the statements below see.
+    conn.execute(
+        "DELETE FROM pgrag.lexical_pending WHERE collection_id = %(c)s AND chunk_id = ANY(%(ids)s)",
+        c,
+    )
+    block_of: dict[int, int] = dict(
+        conn.execute(
+            "SELECT x, b.id FROM pgrag.lexical_blocks b, unnest(b.chunk_ids) AS x"
+            " WHERE b.id IN (SELECT id FROM pgrag.lexical_blocks WHERE collection_id = %(c)s"
+            "   AND chunk_ids && %(ids)s::bigint[] ORDER BY id FOR UPDATE)"
+            " AND x = ANY(%(ids)s)",
+            c,
+        ).fetchall()
+    )
+    forward = conn.execute(
+        "DELETE FROM pgrag.chunk_lexemes WHERE chunk_id = ANY(%(ids)s)"
+        " RETURNING chunk_id, lexemes, len",
+        c,
+    ).fetchall()
+    conn.execute("DELETE FROM pgrag.chunks WHERE id = ANY(%(ids)s)", c)
+    pairs: set[tuple[int, str]] = set()
+    lens: dict[int, int] = defaultdict(int)
+    for chunk_id, lexemes, length in forward:
+        if (block := block_of.get(chunk_id)) is not None:
+            pairs.update((block, lexeme) for lexeme in lexemes.split())
+            lens[block] += length
+    if not lens:
+        return
+    blocks, lexemes = (list(x) for x in zip(*sorted(pairs), strict=True)) if pairs else ([], [])
+    conn.execute(UNPOST, {**c, "blocks": blocks, "lexemes": lexemes})
+    conn.execute(SHRINK_BLOCKS, {"ids": ids, "blocks": list(lens), "lens": list(lens.values())})
+    conn.execute(
+        "DELETE FROM pgrag.lexical_blocks WHERE id = ANY(%s) AND chunk_ids = '{}'", (list(lens),)
+    )
+
+
+# ---------------------------------------------------------------------------- BM25
+
+# {join} and {where} are empty, or a join of the chunks and the conditions from
+# filters.where_sql, whose values are all parameters.
+BM25 = """
+WITH terms AS (
+    SELECT * FROM unnest(%(lexemes)s::text[], %(qtfs)s::int[]) AS t(lexeme, qtf)
+), stats AS (
+    SELECT sum(cardinality(chunk_ids))::float8 AS n,
+           sum(total_len)::float8 / nullif(sum(cardinality(chunk_ids)), 0) AS avgdl
+    FROM pgrag.lexical_blocks WHERE collection_id = %(c)s
+), lists AS MATERIALIZED (  -- read each posting row once
+    SELECT p.lexeme, p.chunk_ids, p.tfs, p.chunk_lens
+    FROM terms t
+    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
+), weights AS (
+    SELECT l.lexeme, t.qtf * ln(1 + (s.n - l.df + 0.5) / (l.df + 0.5)) AS idf
+    FROM (SELECT lexeme, sum(cardinality(chunk_ids)) AS df FROM lists GROUP BY lexeme) l
+    JOIN terms t USING (lexeme), stats s
+), scored AS (
+    SELECT u.chunk_id,
+           sum(w.idf * u.tf * (%(k1)s + 1)
+               / (u.tf + %(k1)s * (1 - %(b)s + %(b)s * u.len / s.avgdl))) AS score
+    FROM lists l
+    JOIN weights w USING (lexeme)
+    CROSS JOIN LATERAL unnest(l.chunk_ids, l.tfs, l.chunk_lens) AS u(chunk_id, tf, len)
+    CROSS JOIN stats s
+    GROUP BY u.chunk_id
+), top AS (
+    SELECT s.chunk_id, s.score FROM scored s {join}
+    WHERE true {where}
+    ORDER BY s.score DESC, s.chunk_id
+    LIMIT %(n)s
+)
+SELECT c.id, c.document_id, d.external_id, d.title, c.text, c.ord, c.metadata, top.score
+FROM top
+JOIN pgrag.chunks c ON c.id = top.chunk_id
+JOIN pgrag.documents d ON d.id = c.document_id
+ORDER BY top.score DESC, top.chunk_id
+"""
+
+
+def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
+    """The statement for `filters` and the filters' parameters."""
+    where, params = where_sql(filters, "c.metadata")
+    join = "JOIN pgrag.chunks c ON c.id = s.chunk_id" if filters else ""
+    return BM25.format(join=join, where=where), params
+
+
+def bm25_recall(
+    conn: psycopg.Connection,
+    collection_id: int,
+    text_config: str,
+    query: str,
+    n: int,
+    filters: Sequence[Filter] = (),
+    *,
+    k1: float = K1,
+    b: float = B,
+) -> list[tuple[Any, ...]]:
+    """The n best chunks for `query` by BM25, best first: rows of (chunk id, document id,
+    external id, title, text, ord, metadata, score). A query with no lexeme (only stop
+    words, say) gives no rows."""
+    terms = analyzer(text_config).lexemes(query)
+    if not terms:
+        return []
+    sql, params = bm25_sql(filters)
+    params |= {
+        "c": collection_id,
+        "lexemes": list(terms),
+        "qtfs": list(terms.values()),
+        "n": n,
+        "k1": k1,
+        "b": b,
+    }
+    return conn.execute(sql, params).fetchall()
