@@ -98,14 +98,42 @@ DROP TABLE pgrag.chunk_lexemes;
 """
 
 
-def _index_pending(conn: Any) -> None:
-    from pgrag.store import lexical
+# The block build of pgrag/store/lexical.py as of this revision (later ones add columns that
+# the live statement fills), for the chunks this upgrade or downgrade leaves pending.
+BUILD_BLOCK = """
+WITH ids AS MATERIALIZED (
+    SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+    ORDER BY chunk_id LIMIT 4096 FOR UPDATE
+), picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending p USING ids
+    WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+    RETURNING p.chunk_id
+), chunks AS MATERIALIZED (
+    SELECT f.chunk_id, f.lexemes, f.tfs, f.len
+    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+), written AS (
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len)
+    FROM chunks c,
+         unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
+         AS p(lexeme, tf)
+    GROUP BY p.lexeme
+)
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len) FROM chunks
+HAVING count(*) > 0
+RETURNING cardinality(chunk_ids)
+"""
 
+
+def _index_pending(conn: Any) -> None:
     for (collection_id,) in conn.execute(
         "SELECT DISTINCT collection_id FROM pgrag.lexical_pending"
     ).fetchall():
-        while lexical.build_block(conn, collection_id):
-            pass
+        while True:
+            block = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()[0]
+            if conn.execute(BUILD_BLOCK, {"c": collection_id, "b": block}).fetchone() is None:
+                break
 
 
 def upgrade() -> None:

@@ -35,14 +35,18 @@ A query is analysed the same way. A chunk matching any lexeme scores (OR semanti
     bm25_tf(t) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))
 
 with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query. Each
-query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix; the
-whole posting list of every query lexeme is scored (no early termination).
+query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix. The
+long lists of common lexemes are not read when the rest of the query decides the top n
+(MaxScore): a chunk's score from them is at most qtf * idf * (k1 + 1) each, and the chunks
+that could still reach the top n get those lexemes' terms from their forward rows.
 """
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -72,17 +76,18 @@ WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run th
     SELECT f.chunk_id, f.lexemes, f.tfs, f.len
     FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
 ), written AS (
-    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)
-    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len)
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens, df)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len),
+           count(*)
     FROM chunks c,
          unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
          AS p(lexeme, tf)
     GROUP BY p.lexeme
 )
-INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len)
-SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len) FROM chunks
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len, chunks)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len), count(*) FROM chunks
 HAVING count(*) > 0
-RETURNING cardinality(chunk_ids)
+RETURNING chunks
 """
 
 # Take deleted chunks out of the posting rows of their (block, lexeme) pairs: each row keeps
@@ -103,7 +108,8 @@ WITH gone AS (
     WHERE u.id NOT IN (SELECT id FROM gone)
     GROUP BY t.lexeme, t.block_id
 ), updated AS (
-    UPDATE pgrag.postings p SET chunk_ids = k.ids, tfs = k.tfs, chunk_lens = k.lens
+    UPDATE pgrag.postings p
+    SET chunk_ids = k.ids, tfs = k.tfs, chunk_lens = k.lens, df = cardinality(k.ids)
     FROM kept k
     WHERE p.collection_id = %(c)s AND p.lexeme = k.lexeme AND p.block_id = k.block_id
 )
@@ -116,8 +122,8 @@ UPDATE pgrag.lexical_blocks b
 SET chunk_ids = array(
         SELECT x FROM unnest(b.chunk_ids) AS x
         WHERE x NOT IN (SELECT unnest(%(ids)s::bigint[]))),
-    total_len = b.total_len - d.len
-FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[]) AS d(block_id, len)
+    total_len = b.total_len - d.len, chunks = b.chunks - d.n
+FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[], %(counts)s::int[]) AS d(block_id, len, n)
 WHERE b.id = d.block_id
 """
 
@@ -202,15 +208,25 @@ def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: li
     conn.execute("DELETE FROM pgrag.chunks WHERE id = ANY(%(ids)s)", c)
     pairs: set[tuple[int, str]] = set()
     lens: dict[int, int] = defaultdict(int)
+    counts: dict[int, int] = defaultdict(int)
     for chunk_id, lexemes, length in forward:
         if (block := block_of.get(chunk_id)) is not None:
             pairs.update((block, lexeme) for lexeme in lexemes.split())
             lens[block] += length
+            counts[block] += 1
     if not lens:
         return
     blocks, lexemes = (list(x) for x in zip(*sorted(pairs), strict=True)) if pairs else ([], [])
     conn.execute(UNPOST, {**c, "blocks": blocks, "lexemes": lexemes})
-    conn.execute(SHRINK_BLOCKS, {"ids": ids, "blocks": list(lens), "lens": list(lens.values())})
+    conn.execute(
+        SHRINK_BLOCKS,
+        {
+            "ids": ids,
+            "blocks": list(lens),
+            "lens": list(lens.values()),
+            "counts": [counts[block] for block in lens],
+        },
+    )
     conn.execute(
         "DELETE FROM pgrag.lexical_blocks WHERE id = ANY(%s) AND chunk_ids = '{}'", (list(lens),)
     )
@@ -218,44 +234,86 @@ def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: li
 
 # ---------------------------------------------------------------------------- BM25
 
-# {join} and {where} are empty, or a join of the chunks and the conditions from
+# N and avgdl, and the query lexemes' document frequencies: small columns, no list read.
+STATS = """
+SELECT coalesce(sum(chunks), 0)::float8, sum(total_len)::float8 / nullif(sum(chunks), 0)
+FROM pgrag.lexical_blocks WHERE collection_id = %(c)s
+"""
+DFS = """
+SELECT lexeme, sum(df)::float8 FROM pgrag.postings
+WHERE collection_id = %(c)s AND lexeme = ANY(%(lexemes)s) GROUP BY lexeme
+"""
+
+TF = "{tf} * (%(k1)s + 1) / ({tf} + %(k1)s * (1 - %(b)s + %(b)s * {len} / %(avgdl)s))"
+
+# The essential lexemes' posting lists are scored in full. The rest (long lists of common
+# lexemes) are read only from the forward rows of the chunks that can still make the top n:
+# those whose partial score plus the most the rest can add reaches the n-th best partial
+# score. {join} and {where} are empty, or a join of the chunks and the conditions from
 # filters.where_sql, whose values are all parameters.
-BM25 = """
-WITH terms AS (
-    SELECT * FROM unnest(%(lexemes)s::text[], %(qtfs)s::int[]) AS t(lexeme, qtf)
-), stats AS (
-    SELECT sum(cardinality(chunk_ids))::float8 AS n,
-           sum(total_len)::float8 / nullif(sum(cardinality(chunk_ids)), 0) AS avgdl
-    FROM pgrag.lexical_blocks WHERE collection_id = %(c)s
-), lists AS MATERIALIZED (  -- read each posting row once
-    SELECT p.lexeme, p.chunk_ids, p.tfs, p.chunk_lens
-    FROM terms t
+BM25 = f"""
+WITH essential AS MATERIALIZED (
+    SELECT u.chunk_id, sum(t.weight * {TF.format(tf="u.tf", len="u.len")}) AS score
+    FROM unnest(%(lexemes)s::text[], %(weights)s::float8[]) AS t(lexeme, weight)
     JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
-), weights AS (
-    SELECT l.lexeme, t.qtf * ln(1 + (s.n - l.df + 0.5) / (l.df + 0.5)) AS idf
-    FROM (SELECT lexeme, sum(cardinality(chunk_ids)) AS df FROM lists GROUP BY lexeme) l
-    JOIN terms t USING (lexeme), stats s
-), scored AS (
-    SELECT u.chunk_id,
-           sum(w.idf * u.tf * (%(k1)s + 1)
-               / (u.tf + %(k1)s * (1 - %(b)s + %(b)s * u.len / s.avgdl))) AS score
-    FROM lists l
-    JOIN weights w USING (lexeme)
-    CROSS JOIN LATERAL unnest(l.chunk_ids, l.tfs, l.chunk_lens) AS u(chunk_id, tf, len)
-    CROSS JOIN stats s
+    CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
     GROUP BY u.chunk_id
+), bar AS (
+    SELECT CASE WHEN %(rest_bound)s > 0 AND count(*) = %(n)s THEN min(score) ELSE 0 END AS floor
+    FROM (SELECT score FROM essential ORDER BY score DESC LIMIT %(n)s) best
+), scored AS (
+    SELECT e.chunk_id, e.score + CASE WHEN %(rest_bound)s > 0 THEN coalesce((
+        SELECT sum(t.weight * {TF.format(tf="u.tf", len="f.len")})
+        FROM pgrag.chunk_lexemes f,
+             unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
+             AS u(lexeme, tf)
+        JOIN unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
+          USING (lexeme)
+        WHERE f.chunk_id = e.chunk_id), 0) ELSE 0 END AS score
+    FROM essential e, bar
+    WHERE e.score + %(rest_bound)s >= bar.floor
 ), top AS (
-    SELECT s.chunk_id, s.score FROM scored s {join}
-    WHERE true {where}
-    ORDER BY s.score DESC, s.chunk_id
+    SELECT s.chunk_id, s.score FROM scored s {{join}}
+    WHERE true {{where}}
+    ORDER BY round(s.score * 1e9) DESC, s.chunk_id  -- sums in another order still tie
     LIMIT %(n)s
 )
 SELECT c.id, c.document_id, d.external_id, d.title, c.text, c.ord, c.metadata, top.score
 FROM top
 JOIN pgrag.chunks c ON c.id = top.chunk_id
 JOIN pgrag.documents d ON d.id = c.document_id
-ORDER BY top.score DESC, top.chunk_id
+ORDER BY round(top.score * 1e9) DESC, top.chunk_id
 """
+
+# A posting list shorter than this is scored in full: skipping it saves little, and risks
+# a second pass.
+LONG_LIST = 5000
+
+
+@dataclass(frozen=True)
+class Term:
+    lexeme: str
+    df: float
+    weight: float  # qtf * idf: the most it adds to a score is weight * (k1 + 1)
+
+
+def split_terms(
+    terms: Sequence[Term], n: int, long_list: int = LONG_LIST
+) -> tuple[list[Term], list[Term]]:
+    """(essential, rest): MaxScore's split of the query's lexemes. The longest posting lists
+    (of at least `long_list` entries) go to `rest` while their lexemes together can add at
+    most half of the best possible score and the essential lists still hold n entries."""
+    essential = sorted(terms, key=lambda t: (t.df, t.lexeme))  # longest list last
+    rest: list[Term] = []
+    total = sum(t.weight for t in terms)
+    while len(essential) > 1 and essential[-1].df >= long_list:
+        longest = essential[-1]
+        if sum(t.weight for t in rest) + longest.weight > total / 2:
+            break
+        if sum(t.df for t in essential[:-1]) < n:
+            break
+        rest.append(essential.pop())
+    return essential, rest
 
 
 def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
@@ -275,20 +333,47 @@ def bm25_recall(
     *,
     k1: float = K1,
     b: float = B,
+    long_list: int = LONG_LIST,
 ) -> list[tuple[Any, ...]]:
     """The n best chunks for `query` by BM25, best first: rows of (chunk id, document id,
     external id, title, text, ord, metadata, score). A query with no lexeme (only stop
-    words, say) gives no rows."""
-    terms = analyzer(text_config).lexemes(query)
+    words, say) gives no rows.
+
+    Exact, with pruning: the long lists of common lexemes are skipped when the rest of the
+    query decides the top n (`split_terms`); when it turns out not to (the n-th score is not
+    above what the skipped lexemes could add alone), the query runs again in full."""
+    qtfs = analyzer(text_config).lexemes(query)
+    if not qtfs:
+        return []
+    c = {"c": collection_id}
+    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
+    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
+    terms = [
+        Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
+        for lexeme, df in sorted(dfs.items())
+    ]
     if not terms:
         return []
     sql, params = bm25_sql(filters)
-    params |= {
-        "c": collection_id,
-        "lexemes": list(terms),
-        "qtfs": list(terms.values()),
-        "n": n,
-        "k1": k1,
-        "b": b,
-    }
-    return conn.execute(sql, params).fetchall()
+    params |= c | {"n": n, "k1": k1, "b": b, "avgdl": avgdl}
+
+    def run(essential: Sequence[Term], rest: Sequence[Term]) -> list[tuple[Any, ...]]:
+        bound = sum(t.weight for t in rest) * (k1 + 1)
+        return conn.execute(
+            sql,
+            params
+            | {
+                "lexemes": [t.lexeme for t in essential],
+                "weights": [t.weight for t in essential],
+                "rest": [t.lexeme for t in rest],
+                "rest_weights": [t.weight for t in rest],
+                "rest_bound": bound,
+            },
+        ).fetchall()
+
+    # Filters apply after scoring, so the bar of the pruned pass would not hold for them.
+    essential, rest = split_terms(terms, n, long_list) if not filters else (terms, [])
+    rows = run(essential, rest)
+    if rest and (len(rows) < n or rows[-1][-1] <= sum(t.weight for t in rest) * (k1 + 1)):
+        rows = run(terms, [])  # a chunk holding only skipped lexemes may belong in the top n
+    return rows
