@@ -252,16 +252,16 @@ def test_pruned_bm25_equals_brute_force(corpus: Collection, k: int) -> None:
 
 
 def test_split_terms_skips_long_common_lists_only_while_safe() -> None:
-    """MaxScore's split: the longest lists go while they can add at most half the best
-    score and the essential lists still hold k entries."""
-    rare, mid, common = Term("rare", 50, 8.0), Term("mid", 6000, 4.0), Term("common", 9000, 1.5)
+    """MaxScore's split: the longest lists go while they can add at most a quarter of the
+    best score and the essential lists still hold k entries."""
+    rare, mid, common = Term("rare", 50, 8.0), Term("mid", 6000, 1.5), Term("common", 9000, 1.0)
     assert split_terms([common, rare, mid], 10) == ([rare], [common, mid])
     assert split_terms([common, rare, mid], 100) == ([rare, mid], [common])  # 50 < 100 entries
     assert split_terms([common, rare, mid], 10, long_list=7000) == ([rare, mid], [common])
     assert split_terms([common, rare, mid], 10, long_list=10_000) == ([rare, mid, common], [])
     alone = Term("alone", 9000, 1.0)
     assert split_terms([alone], 10, long_list=0) == ([alone], [])
-    heavy = Term("heavy", 9000, 9.0)  # could add more than half: always scored in full
+    heavy = Term("heavy", 9000, 9.0)  # could add more than a quarter: always scored in full
     assert split_terms([heavy, rare], 10, long_list=0) == ([rare, heavy], [])
 
 

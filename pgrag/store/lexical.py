@@ -246,11 +246,12 @@ WHERE collection_id = %(c)s AND lexeme = ANY(%(lexemes)s) GROUP BY lexeme
 
 TF = "{tf} * (%(k1)s + 1) / ({tf} + %(k1)s * (1 - %(b)s + %(b)s * {len} / %(avgdl)s))"
 
-# The essential lexemes' posting lists are scored in full. The rest (long lists of common
-# lexemes) are read only from the forward rows of the chunks that can still make the top n:
-# those whose partial score plus the most the rest can add reaches the n-th best partial
-# score. {join} and {where} are empty, or a join of the chunks and the conditions from
-# filters.where_sql, whose values are all parameters.
+# The essential lexemes' posting lists are scored in full, and the rest (long lists of common
+# lexemes) only for the candidates: chunks whose partial score plus the most the rest can add
+# reaches the n-th best partial score. A few candidates get the rest's terms from their
+# forward rows; many, from the rest's posting lists, kept to the candidates (one branch runs,
+# the other's condition is false). {join} and {where} are empty, or a join of the chunks and
+# the conditions from filters.where_sql, whose values are all parameters.
 BM25 = f"""
 WITH essential AS MATERIALIZED (
     SELECT u.chunk_id, sum(t.weight * {TF.format(tf="u.tf", len="u.len")}) AS score
@@ -261,17 +262,32 @@ WITH essential AS MATERIALIZED (
 ), bar AS (
     SELECT CASE WHEN %(rest_bound)s > 0 AND count(*) = %(n)s THEN min(score) ELSE 0 END AS floor
     FROM (SELECT score FROM essential ORDER BY score DESC LIMIT %(n)s) best
+), candidates AS MATERIALIZED (
+    SELECT e.chunk_id, e.score FROM essential e, bar WHERE e.score + %(rest_bound)s >= bar.floor
+), rest AS (
+    SELECT * FROM unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
 ), scored AS (
-    SELECT e.chunk_id, e.score + CASE WHEN %(rest_bound)s > 0 THEN coalesce((
-        SELECT sum(t.weight * {TF.format(tf="u.tf", len="f.len")})
-        FROM pgrag.chunk_lexemes f,
-             unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
-             AS u(lexeme, tf)
-        JOIN unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
-          USING (lexeme)
-        WHERE f.chunk_id = e.chunk_id), 0) ELSE 0 END AS score
-    FROM essential e, bar
-    WHERE e.score + %(rest_bound)s >= bar.floor
+    SELECT chunk_id, sum(score) AS score
+    FROM (
+        SELECT chunk_id, score FROM candidates
+        UNION ALL
+        SELECT x.chunk_id, t.weight * {TF.format(tf="u.tf", len="f.len")}
+        FROM candidates x
+        JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
+        CROSS JOIN LATERAL
+            unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
+            AS u(lexeme, tf)
+        JOIN rest t USING (lexeme)
+        WHERE %(rest_bound)s > 0 AND (SELECT count(*) FROM candidates) <= %(max_forward)s
+        UNION ALL
+        SELECT u.chunk_id, t.weight * {TF.format(tf="u.tf", len="u.len")}
+        FROM rest t
+        JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
+        CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+        WHERE %(rest_bound)s > 0 AND (SELECT count(*) FROM candidates) > %(max_forward)s
+          AND u.chunk_id IN (SELECT chunk_id FROM candidates)
+    ) parts
+    GROUP BY chunk_id
 ), top AS (
     SELECT s.chunk_id, s.score FROM scored s {{join}}
     WHERE true {{where}}
@@ -288,6 +304,13 @@ ORDER BY round(top.score * 1e9) DESC, top.chunk_id
 # A posting list shorter than this is scored in full: skipping it saves little, and risks
 # a second pass.
 LONG_LIST = 5000
+# The most of the best possible score that skipped lexemes may add: more skips more lists,
+# but lets more chunks through the bar. What a chunk's forward row costs, in posting entries
+# scored: candidates get the skipped lexemes' terms from their forward rows while that is
+# cheaper than the skipped lists. Both measured on 300,000 SciFact chunks and 200 queries:
+# p50 26 ms, p95 87 ms, against 111 / 238 ms scoring every list (1/2: 42 / 251 ms).
+REST_SHARE = 0.25
+FORWARD_COST = 50
 
 
 @dataclass(frozen=True)
@@ -302,13 +325,13 @@ def split_terms(
 ) -> tuple[list[Term], list[Term]]:
     """(essential, rest): MaxScore's split of the query's lexemes. The longest posting lists
     (of at least `long_list` entries) go to `rest` while their lexemes together can add at
-    most half of the best possible score and the essential lists still hold n entries."""
+    most REST_SHARE of the best possible score and the essential lists still hold n entries."""
     essential = sorted(terms, key=lambda t: (t.df, t.lexeme))  # longest list last
     rest: list[Term] = []
     total = sum(t.weight for t in terms)
     while len(essential) > 1 and essential[-1].df >= long_list:
         longest = essential[-1]
-        if sum(t.weight for t in rest) + longest.weight > total / 2:
+        if sum(t.weight for t in rest) + longest.weight > total * REST_SHARE:
             break
         if sum(t.df for t in essential[:-1]) < n:
             break
@@ -368,6 +391,7 @@ def bm25_recall(
                 "rest": [t.lexeme for t in rest],
                 "rest_weights": [t.weight for t in rest],
                 "rest_bound": bound,
+                "max_forward": sum(t.df for t in rest) / FORWARD_COST,
             },
         ).fetchall()
 
