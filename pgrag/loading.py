@@ -21,11 +21,10 @@ from psycopg.types.json import Jsonb
 from pgrag import db, jobs, lexical
 from pgrag.analyzer import analyzer
 from pgrag.chunking import Chunk, chunk_text, chunk_texts, embed_input
-from pgrag.collections import get_collection_by_id
-from pgrag.embedding import Embedder, load_embedder
+from pgrag.collections import get_collection_by_id, record_backend
+from pgrag.embedding import Embedder, collection_embedder
 from pgrag.ingest import claim_finalize
 from pgrag.schema import Collection
-from pgrag.settings import get_settings
 
 COPY_CHUNKS = (
     "COPY pgrag.chunks (id, collection_id, document_id, ord, text, start_char, end_char,"
@@ -180,7 +179,11 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
         conn.commit()
         if not docs:
             return
-        embedder = load_embedder(collection.model, get_settings().device)
+        embedder = collection_embedder(collection)
+        if collection.embed_backend is None:
+            # Its first vectors: record their backend. Another task may have recorded its
+            # own first; then that one is the collection's.
+            embedder = collection_embedder(record_backend(collection, embedder.backend))
         loads, inputs, errors = [], [], []
         for doc, chunks in zip(docs, _chunk_documents(collection, embedder, docs), strict=True):
             if isinstance(chunks, Exception):
