@@ -187,18 +187,24 @@ def collection_embedder(collection: Collection) -> Embedder:
 
 @cache
 def _load_embedder(name: str, device: str, backend: str) -> Embedder:
-    path = resolve_model(name)
+    model, backend = _load_model(resolve_model(name), device, backend)
+    return Embedder(name, model, "cpu" if backend.startswith("openvino") else device, backend)
+
+
+@cache
+def _load_model(path: str, device: str, backend: str) -> tuple[SentenceTransformer, str]:
+    """The model at `path` for `backend`, and the backend it runs (OpenVINO's precision is
+    what the CPU can do)."""
     runtime, precision = backend.split("-")
     if runtime == "openvino":
         from pgrag.openvino_runtime import use_openvino
 
         model = SentenceTransformer(path, device="cpu").eval()
-        precision = use_openvino(model, name, "sentence_embedding", precision)
-        return Embedder(name, model, "cpu", f"openvino-{precision}")
+        return model, f"openvino-{use_openvino(model, path, 'sentence_embedding', precision)}"
     model = SentenceTransformer(path, device=device)
     if precision == "fp16":
         # fp16 rather than bf16: it keeps 3 more mantissa bits, so the vectors stay closer
         # to the fp32 ones, while the activations of a small BERT model stay well inside
         # fp16's range; and every CUDA GPU runs it (bf16 needs Ampere or later).
         model.half()
-    return Embedder(name, model.eval(), device, backend)
+    return model.eval(), backend

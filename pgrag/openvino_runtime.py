@@ -27,6 +27,7 @@ import re
 import shutil
 import tempfile
 import threading
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ def cache_dir(model: torch.nn.Module, name: str, output: str) -> Path:
     key = hashlib.sha256(f"{_fingerprint(model)} {output} {ov.__version__}".encode()).hexdigest()[
         :16
     ]
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", name.rstrip("/").rsplit("/", 1)[-1])
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
     return get_settings().state_dir / "models" / "openvino" / f"{label}-{output}-{key}"
 
 
@@ -114,7 +115,10 @@ def _export(model: Any, output: str, target: Path) -> None:
     """Convert `model` and save its IR with checksums in `target` (atomically)."""
     features = _example_features(model)
     names = list(features)
-    with torch.no_grad():
+    # The tracer warns of the Python branches it freezes: they hold for any batch here
+    # (padding and pooling do not depend on the values traced).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
         converted = ov.convert_model(
             _Traced(model, names, output), example_input=tuple(features.values())
         )
