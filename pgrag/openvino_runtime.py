@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -81,17 +82,18 @@ def _fingerprint(model: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
     return digest.hexdigest()
 
 
-def cache_dir(model: torch.nn.Module, name: str, output: str) -> Path:
-    """Where the IR of `model` (called `name`: a hub id or a path) is kept."""
-    key = hashlib.sha256(f"{_fingerprint(model)} {output} {ov.__version__}".encode()).hexdigest()[
-        :16
-    ]
+def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
+    """Where the IR of a model called `name` (a hub id or a path) is kept: one folder per
+    kind of export, weights (`fingerprint`) and OpenVINO version."""
+    key = hashlib.sha256(f"{fingerprint} {kind} {ov.__version__}".encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
-    return get_settings().state_dir / "models" / "openvino" / f"{label}-{output}-{key}"
+    return get_settings().state_dir / "models" / "openvino" / f"{label}-{kind}-{key}"
 
 
 def _sha256(path: Path) -> str:
@@ -111,8 +113,54 @@ def _intact(folder: Path) -> bool:
         return False
 
 
-def _export(model: Any, output: str, target: Path) -> None:
-    """Convert `model` and save its IR with checksums in `target` (atomically)."""
+_exporting = threading.Lock()
+
+
+def cached(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, a folder that `build(folder)` fills with files, checked against its
+    SHA256SUMS; built again (atomically, with new sums) when it is missing or a file does
+    not match."""
+    with _exporting:
+        if _intact(target):
+            return target
+        if target.exists():
+            log.warning("rebuilding %s: a file does not match its checksum", target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            build(tmp)
+            files = sorted(p.name for p in tmp.iterdir())
+            (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
+            shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
+            # Another process may have won the race: then its copy stays.
+            with contextlib.suppress(OSError):
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def compile_model(path: Path, precision: str) -> ov.CompiledModel:
+    """`path` compiled for this CPU at `precision` ("bf16" or "fp32"), with this process's
+    share of the cores (`pgrag.models.share_cpu_threads`)."""
+    return _core().compile_model(
+        path,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """The precision a compiled model computes at: "bf16" or "fp32"."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+
+
+def _export(model: Any, output: str, folder: Path) -> None:
+    """Convert `model`'s forward pass, returning `output`, into `folder`/model.xml."""
     features = _example_features(model)
     names = list(features)
     # The tracer warns of the Python branches it freezes: they hold for any batch here
@@ -124,34 +172,15 @@ def _export(model: Any, output: str, target: Path) -> None:
         )
     for port, name in zip(converted.inputs, names, strict=True):
         port.get_tensor().set_names({name})
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    try:
-        # fp32 weights on disk: the precision is chosen when the model is compiled.
-        ov.save_model(converted, tmp / "model.xml", compress_to_fp16=False)
-        files = ["model.xml", "model.bin"]
-        (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
-        shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
-        # Another process may have won the race: then its copy stays.
-        with contextlib.suppress(OSError):
-            tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-_exporting = threading.Lock()
+    # fp32 weights on disk: the precision is chosen when the model is compiled.
+    ov.save_model(converted, folder / "model.xml", compress_to_fp16=False)
 
 
 def ir_path(model: Any, name: str, output: str) -> Path:
-    """The checked IR of `model`, exported when it is missing or does not match its
-    checksums."""
-    target = cache_dir(model, name, output)
-    with _exporting:
-        if not _intact(target):
-            if target.exists():
-                log.warning("rebuilding %s: a file does not match its checksum", target)
-            _export(model, output, target)
-    return target / "model.xml"
+    """The checked IR of `model` (called `name`), exported when it is missing or does not
+    match its checksums."""
+    target = cache_dir(name, output, _fingerprint(model))
+    return cached(target, lambda folder: _export(model, output, folder)) / "model.xml"
 
 
 def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
@@ -160,14 +189,7 @@ def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
     `output` is the key of the model's feature dict that callers read ("sentence_embedding"
     for a SentenceTransformer, "scores" for a CrossEncoder); only it is computed.
     """
-    compiled = _core().compile_model(
-        ir_path(model, name, output),
-        "CPU",
-        {
-            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
-            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
-        },
-    )
+    compiled = compile_model(ir_path(model, name, output), precision)
     names = [port.get_any_name() for port in compiled.inputs]
 
     def forward(features: dict[str, Any], **_: Any) -> dict[str, torch.Tensor]:
@@ -177,5 +199,4 @@ def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
         return {output: torch.from_numpy(request.get_output_tensor(0).data.copy())}
 
     model.forward = forward  # the model's own pre- and post-processing stay in use
-    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
-    return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+    return compiled_precision(compiled)
