@@ -4,6 +4,7 @@ backend against a real OpenAI-compatible server that streams the local model's t
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -175,6 +176,30 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
     started = time.perf_counter()
     gen.load()
     assert time.perf_counter() - started < 15  # about 0.3 s on an idle CPU; GGUF takes 20 s
+
+
+@pytest.mark.slow
+def test_local_model_on_openvino_picks_the_tokens_of_torch(model_home: Path) -> None:
+    """On a CPU the local model runs in OpenVINO (int8 weights, the KV cache in the model):
+    on a factual question its greedy tokens are those of the transformers model."""
+    import torch
+
+    from pgrag.generation.local import load_model
+    from pgrag.openvino_lm import OpenVINOLM
+    from pgrag.settings import get_settings
+
+    name = get_settings().local_model
+    tokenizer, fast = load_model(name, "cpu", "openvino-fp32")
+    _, reference = load_model(name, "cpu", "torch-fp32")
+    assert isinstance(fast, OpenVINOLM)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    ids = list(prompt["input_ids"])
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    expected = out[0, len(ids) :].tolist()
+    ours = list(itertools.islice(fast.tokens(ids), len(expected)))
+    assert len(expected) >= 5 and ours == expected
 
 
 @pytest.mark.slow
