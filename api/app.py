@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 
 from api.limits import BodyLimit
 from api.routes import answers, health, ingest, search
-from pgrag.services import ServiceError
+from pgrag.runtime.services import ServiceError
 
 
 def create_app() -> FastAPI:

@@ -17,10 +17,10 @@ from typing import Annotated
 from fastapi import HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from pgrag import keys, streaming
-from pgrag.collections import UnknownCollection
-from pgrag.schema import ApiKey
-from pgrag.settings import get_settings
+from pgrag.runtime import keys, streaming
+from pgrag.runtime.settings import get_settings
+from pgrag.store.collections import UnknownCollection
+from pgrag.store.schema import ApiKey
 
 bearer = HTTPBearer(
     auto_error=False,

@@ -13,7 +13,7 @@ from fastapi import HTTPException
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from pgrag.settings import get_settings
+from pgrag.runtime.settings import get_settings
 
 UPLOAD_PATH = re.compile(r"^/v1/collections/[^/]+/documents$")
 

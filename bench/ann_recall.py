@@ -74,7 +74,7 @@ def search_settings(conn: Any, mode: str) -> None:
     retrieval sets for k = 10. Both HNSW modes hold the planner to the index (no sequential
     scan, no sort), which on a small table might otherwise scan it exactly.
     """
-    from pgrag import indexing
+    from pgrag.store import indexing
 
     conn.execute("RESET ALL")
     if mode == "exact":
@@ -95,7 +95,7 @@ def search_settings(conn: Any, mode: str) -> None:
 def recall(conn: Any, sql: str, queries: np.ndarray, sweep: Sequence[int] = ()) -> dict[str, Any]:
     """recall@10 and mean latency of HNSW at both ef_search settings against exact search,
     and at each ef_search of `sweep` (single pass)."""
-    from pgrag import indexing
+    from pgrag.store import indexing
 
     found: dict[str, list[list[int]]] = {}
     ms: dict[str, float] = {}
@@ -126,7 +126,7 @@ SYNTHETIC_SQL = (
 
 
 def synthetic(args: argparse.Namespace) -> dict[str, Any]:
-    from pgrag import db
+    from pgrag.runtime import db
 
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((max(1, args.n // args.per_cluster), DIM), dtype=np.float32)
@@ -179,9 +179,9 @@ def synthetic(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def collection_recall(args: argparse.Namespace) -> dict[str, Any]:
-    from pgrag import db
-    from pgrag.collections import get_collection
-    from pgrag.retrieval import dense_sql, embed_query
+    from pgrag.query.retrieval import dense_sql, embed_query
+    from pgrag.runtime import db
+    from pgrag.store.collections import get_collection
 
     collection = get_collection(args.collection)
     # The dense statement of retrieval, chunk ids first.
@@ -252,7 +252,7 @@ def main() -> None:
             results["collection"] = collection_recall(args)
         if args.n > 0:
             results["synthetic"] = synthetic(args)
-    from pgrag.indexing import ef_search_for
+    from pgrag.store.indexing import ef_search_for
 
     rows = []
     for name, r in results.items():

@@ -20,7 +20,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pgrag.embedding import Embedder
+from pgrag.inference.embedding import Embedder
 
 
 def bench_encode(self: Embedder, texts: Sequence[str], **_: Any) -> np.ndarray:

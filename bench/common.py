@@ -3,7 +3,8 @@
 - `pgrag_home()`: a fresh PGRAG_HOME in a temporary folder with the embedded PostgreSQL +
   pgvector and Redis started and migrated, exactly as `pgrag up` starts them.
 - `Worker`: a real Celery worker on one queue, with the argv of `pgrag up`
-  (`pgrag.processes.worker`); `services()`: a fresh home with workers, or the configured one.
+  (`pgrag.runtime.processes.worker`); `services()`: a fresh home with workers, or the
+  configured one.
 - `ResourceSampler`: polls the process trees of some workers for their peak RSS.
 - `CpuMeter`: CPU seconds spent by each of several process trees, by the whole machine and
   by the hypervisor (steal) over a phase, so a figure taken on a noisy machine can be judged.
@@ -82,8 +83,8 @@ def pgrag_home(keep: bool = False, env: dict[str, str] | None = None) -> Iterato
 
     `env` holds extra PGRAG_* settings for this process and the workers started in it.
     """
-    from pgrag import db, services
-    from pgrag.settings import get_settings
+    from pgrag.runtime import db, services
+    from pgrag.runtime.settings import get_settings
 
     path = Path(tempfile.mkdtemp(prefix="pgrag-bench-"))
     extra = {"PGRAG_HOME": str(path), **(env or {})}
@@ -143,7 +144,7 @@ def scalar(conn: Any, query: str, params: Any = None) -> Any:
 
 def postgres_settings() -> dict[str, str]:
     """The server settings that matter for bulk loads and index builds."""
-    from pgrag import db
+    from pgrag.runtime import db
 
     names = [
         "server_version",
@@ -173,7 +174,7 @@ class Worker:
     def __init__(
         self, home: Home, queue: str, concurrency: int = 1, program: list[str] | None = None
     ) -> None:
-        from pgrag import processes
+        from pgrag.runtime import processes
 
         self.name = queue
         self.log = home.path / f"worker-{queue}-c{concurrency}.log"

@@ -12,16 +12,17 @@ sentences) is cut into chunks with pgrag's own chunker and title rule, and then:
 (a') pgrag's `Embedder.encode` on the same strings, one call per batch of documents as the
      embed worker makes it (a diagnostic: the batcher alone, without Celery or Postgres);
 (b)  pgrag end to end: embedded PostgreSQL + Redis and real Celery workers (one `ingest`, one
-     `embed`, started with `pgrag up`'s argv), `pgrag.ingest.submit` into a fresh collection,
+     `embed`, started with `pgrag up`'s argv), `pgrag.ingest.pipeline.submit` into a fresh
+     collection,
      from submit to job state `done`; the time in state `indexing` (HNSW
      build, ANALYZE) is reported apart;
 (c)  a naive loop: read, chunk, `encode` 32 chunks at a time in arrival order (torch, as
      (a)), one INSERT per chunk into a plain table with a vector column, one commit per
      document;
 
-then, on the same rows and vectors: binary COPY alone (as `pgrag.loading.replace_chunks` does
+then, on the same rows and vectors: binary COPY alone (as `pgrag.ingest.loading.replace_chunks` does
 it, in transactions of one embed task's documents), `replace_chunks` whole (DELETE + COPY +
-lexeme counts), the HNSW build alone (`pgrag.indexing.build_index`), the finalize step's other
+lexeme counts), the HNSW build alone (`pgrag.store.indexing.build_index`), the finalize step's other
 statements, and the peak RSS of each worker during (b). CPU seconds of every party (workers,
 PostgreSQL, this process, other processes on the machine, hypervisor steal) are recorded per
 phase, so a figure taken on a shared machine can be judged.
@@ -215,10 +216,10 @@ class Prepared:
     """The corpus as pgrag cuts it: per document its chunks and the strings it embeds."""
 
     def __init__(self, path: Path, collection: Any, embedder: Any) -> None:
-        from pgrag.chunking import chunk_text
-        from pgrag.loading import embed_inputs
-        from pgrag.settings import get_settings
-        from pgrag.sources import SourceDocument, document_limit_bytes, open_source
+        from pgrag.ingest.chunking import chunk_text
+        from pgrag.ingest.loading import embed_inputs
+        from pgrag.ingest.sources import SourceDocument, document_limit_bytes, open_source
+        from pgrag.runtime.settings import get_settings
 
         limit = document_limit_bytes(get_settings().max_document_mb)
         self.docs: list[Any] = []
@@ -267,7 +268,7 @@ class Prepared:
     def padded_tokens(self, token_budget: int, max_batch: int, batch_docs: int) -> dict:
         """Tokens the model computes (rows x longest row, per batch) under each batching:
         a noise-free bound on how much faster one batching can be than another."""
-        from pgrag.embedding import token_batches
+        from pgrag.inference.embedding import token_batches
 
         lengths = np.asarray(self.tokens)
 
@@ -433,7 +434,7 @@ def cosine_summary(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 
 def agreement(collection_id: int, prep: Prepared, vectors: np.ndarray) -> dict[str, Any]:
     """Cosine of each stored pgrag embedding with (a)'s vector of the same chunk string."""
-    from pgrag import db
+    from pgrag.runtime import db
 
     index = {}
     row = 0
@@ -466,8 +467,8 @@ def pgrag_end_to_end(
     """(b): real workers, submit into the fresh collection `name`, wait for `done`."""
     import psycopg
 
-    from pgrag import ingest, jobs
-    from pgrag.services import database_url
+    from pgrag.ingest import jobs, pipeline
+    from pgrag.runtime.services import database_url
 
     workers = {"ingest_worker": Worker(home, "ingest"), "embed_worker": Worker(home, "embed")}
     sampler = ResourceSampler({k: w.pid for k, w in workers.items()})
@@ -481,7 +482,7 @@ def pgrag_end_to_end(
         # the measured job then runs on warm workers, like (a) on a warm model.
         warm_path = write_corpus(home.path / "warmup.jsonl", 4, seed=1)
         t = time.perf_counter()
-        warm = ingest.submit(warm_path, "warmup", create=True)
+        warm = pipeline.submit(warm_path, "warmup", create=True)
         with psycopg.connect(database_url(), autocommit=True) as conn:
             wait_job(conn, warm.id, t, lambda: None, timeout=600)
         result["warmup_job_seconds"] = round(time.perf_counter() - t, 3)
@@ -501,7 +502,7 @@ def pgrag_end_to_end(
 
         with psycopg.connect(database_url(), autocommit=True) as conn:
             t0 = time.perf_counter()
-            job = ingest.submit(corpus, name)
+            job = pipeline.submit(corpus, name)
             submit_s = time.perf_counter() - t0
             seen = wait_job(conn, job.id, t0, indexing_started, timeout=4 * 3600)
         phases["indexing"] = meter.stop()
@@ -561,11 +562,11 @@ NAIVE_INSERT = (
 def naive_loop(corpus: Path, collection: Any, embedder: Any, home: Home) -> dict[str, Any]:
     """(c): read and chunk in arrival order, `encode` every 32 chunks as they come (batch
     size 32, no sorting across batches), INSERT one row per chunk, commit per document."""
-    from pgrag import db
-    from pgrag.chunking import chunk_text
-    from pgrag.loading import embed_inputs
-    from pgrag.settings import get_settings
-    from pgrag.sources import SourceDocument, document_limit_bytes, open_source
+    from pgrag.ingest.chunking import chunk_text
+    from pgrag.ingest.loading import embed_inputs
+    from pgrag.ingest.sources import SourceDocument, document_limit_bytes, open_source
+    from pgrag.runtime import db
+    from pgrag.runtime.settings import get_settings
 
     model = embedder.model
     limit = document_limit_bytes(get_settings().max_document_mb)
@@ -651,9 +652,7 @@ def loader_parts(prep: Prepared, vectors: np.ndarray, batch_docs: int) -> dict[s
     HNSW build alone, on the rows of the corpus with (a)'s vectors."""
     from psycopg.types.json import Jsonb
 
-    from pgrag import db, indexing
-    from pgrag.collections import create_collection
-    from pgrag.loading import (
+    from pgrag.ingest.loading import (
         COPY_CHUNKS,
         COPY_TYPES,
         DocumentChunks,
@@ -661,6 +660,9 @@ def loader_parts(prep: Prepared, vectors: np.ndarray, batch_docs: int) -> dict[s
         mark_embedded,
         replace_chunks,
     )
+    from pgrag.runtime import db
+    from pgrag.store import indexing
+    from pgrag.store.collections import create_collection
 
     offsets = np.cumsum([0] + [len(c) for c in prep.chunks])
     batches = [
@@ -1028,9 +1030,9 @@ def main() -> None:
     )
 
     with pgrag_home(keep=args.keep, env=env) as home:
-        from pgrag.collections import create_collection
-        from pgrag.embedding import load_embedder
-        from pgrag.settings import get_settings
+        from pgrag.inference.embedding import load_embedder
+        from pgrag.runtime.settings import get_settings
+        from pgrag.store.collections import create_collection
 
         settings = get_settings()
         collection = create_collection("bench")

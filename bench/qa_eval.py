@@ -14,7 +14,7 @@ a time with `pgrag.client.ask` and answered by a real query worker, once per gen
 
 Each answer is scored twice, as the sentences pgrag answers with ("answer") and as its short
 answer ("short": the phrase of the first cited sentence that answers the question, in the
-same `done` event), with `pgrag.answer_scoring`: the share containing a gold answer (SQuAD
+same `done` event), with `pgrag.evaluation.answers`: the share containing a gold answer (SQuAD
 normalization), token F1 against the best gold answer, the share whose citations include
 the gold paragraph, the answer's words (median), and latency from asking to the `done`
 event (p50, p95). `--rerank-model` reranks with that cross-encoder; when it cannot be
@@ -62,7 +62,7 @@ def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dic
 
 
 def score(result: dict[str, Any], golds: list[str], relevant: set[str]) -> dict[str, Any]:
-    from pgrag.answer_scoring import score_answer
+    from pgrag.evaluation.answers import score_answer
 
     cited = [c["external_id"] for c in result.get("citations") or []]
     return {form: score_answer(result.get(form) or "", golds, cited, relevant) for form in FORMS}
@@ -94,7 +94,7 @@ def generators(asked: list[str]) -> tuple[list[str], dict[str, str]]:
 
 
 def rerank_ready() -> tuple[bool, str]:
-    from pgrag.rerank import RerankerUnavailable, load_reranker
+    from pgrag.inference.rerank import RerankerUnavailable, load_reranker
 
     try:
         load_reranker()
@@ -117,10 +117,10 @@ def main() -> None:
     if args.rerank_model:
         os.environ["PGRAG_RERANK_MODEL"] = args.rerank_model
 
-    from pgrag import answer_scoring, evaluation
+    from pgrag.evaluation import answers, ranking
 
-    data = evaluation.load_beir(args.folder, args.split)
-    golds = answer_scoring.load_answers(args.folder)
+    data = ranking.load_beir(args.folder, args.split)
+    golds = answers.load_answers(args.folder)
     ids = sorted(q for q in data.queries if q in golds)
     sample = random.Random(args.seed).sample(ids, min(args.questions, len(ids)))
     run, skipped = generators([g.strip() for g in args.generators.split(",") if g.strip()])
@@ -129,7 +129,7 @@ def main() -> None:
     results: dict[str, Any] = {}
     with services(bool(args.collection), ["ingest", "embed", "query"]):
         started = time.perf_counter()
-        evaluation.ingest_beir(data, collection, progress=ingest_progress)
+        ranking.ingest_beir(data, collection, progress=ingest_progress)
         ingest_s = time.perf_counter() - started
         print(file=sys.stderr)
         rerank, why = rerank_ready() if args.rerank_model else (False, "")

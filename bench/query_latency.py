@@ -9,7 +9,7 @@ A fresh embedded PostgreSQL + Redis (bench/common.py) gets the sample corpus ing
 ingest/embed workers; then, for each worker count W, one Celery query worker with W pool
 processes (`pgrag up`'s argv, `-c W`: W processes, each with its own warm models) is started,
 warmed with 2W questions, and handed N questions (examples/questions.txt, cycled) queued at
-once through `pgrag.answering.submit`. The stage timings each worker stored in
+once through `pgrag.query.answering.submit`. The stage timings each worker stored in
 `pgrag.queries.timings` give the per-stage percentiles:
 
     queue        created -> picked up by a worker (grows with the backlog)
@@ -64,15 +64,15 @@ QUESTIONS = [
 
 def use_backend(setting: str) -> None:
     """Workers started from now on (and this process) use this inference backend setting."""
-    from pgrag.settings import get_settings
+    from pgrag.runtime.settings import get_settings
 
     os.environ["PGRAG_INFERENCE_BACKEND"] = setting
     get_settings.cache_clear()
 
 
 def ingest(home: Home, corpus: Path, name: str) -> str:
-    from pgrag import ingest as ingesting
-    from pgrag.jobs import get_job
+    from pgrag.ingest import pipeline as ingesting
+    from pgrag.ingest.jobs import get_job
 
     workers = [Worker(home, "ingest"), Worker(home, "embed")]
     try:
@@ -92,7 +92,7 @@ def ingest(home: Home, corpus: Path, name: str) -> str:
 
 def wait_answered(ids: list[Any], timeout: float) -> list[dict[str, Any]]:
     """The rows of `ids` once all are done or failed."""
-    from pgrag import db
+    from pgrag.runtime import db
 
     deadline = time.monotonic() + timeout
     while True:
@@ -122,7 +122,7 @@ def percentiles(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def decode_rates(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Answer tokens per second after the first one (local model's tokenizer)."""
-    from pgrag.generation.local import LocalGenerator
+    from pgrag.query.generation.local import LocalGenerator
 
     gen = LocalGenerator()
     rates = []
@@ -146,7 +146,7 @@ def local_load_times(home: Home) -> dict[str, float]:
     """Seconds to load the local model in a fresh process: from the GGUF file (first use:
     de-quantise and write the safetensors copy) and then from that copy."""
     code = (
-        "import time; from pgrag.generation.local import LocalGenerator as G; g = G();"
+        "import time; from pgrag.query.generation.local import LocalGenerator as G; g = G();"
         " t = time.perf_counter(); g.load(); print(time.perf_counter() - t)"
     )
     times = {}
@@ -166,7 +166,7 @@ def local_load_times(home: Home) -> dict[str, float]:
 def run(
     home: Home, collection: str, workers: int, n: int, generator: str, rerank: bool
 ) -> dict[str, Any]:
-    from pgrag.answering import submit
+    from pgrag.query.answering import submit
 
     def ask(count: int) -> list[Any]:
         return [
@@ -230,7 +230,7 @@ def main() -> None:
     if args.rerank:
         from sentence_transformers import CrossEncoder
 
-        from pgrag.models import resolve_model
+        from pgrag.inference.weights import resolve_model
 
         model = CrossEncoder(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), num_labels=1)
         model.save(str(scratch / "cross-encoder"))

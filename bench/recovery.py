@@ -53,8 +53,8 @@ HEADERS += ["chunks", "dups", "recov", "why"]
 
 
 def restart_postgres(home: Home) -> None:
-    from pgrag import services
-    from pgrag.settings import get_settings
+    from pgrag.runtime import services
+    from pgrag.runtime.settings import get_settings
 
     pid = home.postmaster_pid
     assert pid is not None
@@ -70,8 +70,8 @@ def restart_postgres(home: Home) -> None:
 
 def restart_redis_empty(home: Home) -> None:
     """Stop the embedded Redis, delete its data, start it again on the same port."""
-    from pgrag import services
-    from pgrag.settings import get_settings
+    from pgrag.runtime import services
+    from pgrag.runtime.settings import get_settings
 
     settings = get_settings()
     port = services.redis_url(settings).rsplit(":", 1)[1].split("/")[0]
@@ -89,8 +89,8 @@ def restart_redis_empty(home: Home) -> None:
 
 
 def counts(collection: str) -> dict[str, int]:
-    from pgrag import db
-    from pgrag.collections import get_collection
+    from pgrag.runtime import db
+    from pgrag.store.collections import get_collection
 
     with db.connect() as conn:
         row = conn.execute(
@@ -104,7 +104,7 @@ def counts(collection: str) -> dict[str, int]:
 
 def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dict[str, Any]:
     """The job with `fault` injected `at` (0-1) of the way through its documents."""
-    from pgrag import ingest, jobs
+    from pgrag.ingest import jobs, pipeline
 
     reader, embedder = Worker(home, "ingest"), bench_embed_worker(home, 1)
     workers = [reader, embedder]
@@ -112,7 +112,7 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
         for w in workers:
             w.wait_ready()
         t0 = time.perf_counter()
-        job = ingest.submit(source, collection, create=True)
+        job = pipeline.submit(source, collection, create=True)
         total = source.read_text().count("\n")
         fault_t = start_s = None
         while not (state := jobs.get_job(job.id)).finished:

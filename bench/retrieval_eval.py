@@ -12,7 +12,7 @@ first) and the collection is reused when it already holds documents.
 changed it), "rrf" plain reciprocal rank fusion, the default before issue #11. fused+rerank
 needs a cross-encoder (PGRAG_RERANK_MODEL or --rerank-model); when none can be loaded the
 row says so and the reason is printed under the table. A progress line shows the ingestion.
-Metrics are those of `pgrag.evaluation` (pytrec_eval's ndcg_cut.10 and recall.100 at the
+Metrics are those of `pgrag.evaluation.ranking` (pytrec_eval's ndcg_cut.10 and recall.100 at the
 document level, a document ranked by its best chunk).
 
 Prints a table and writes JSON (default bench/results/retrieval-eval-<time>.json).
@@ -32,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import default_out, print_table, services, write_json
-from pgrag.schema import IngestJob
+from pgrag.store.schema import IngestJob
 
 # nDCG@10 of sentence-transformers/all-MiniLM-L6-v2 (dense) on BEIR, as published.
 PUBLISHED_DENSE = {
@@ -85,34 +85,34 @@ def main() -> None:
     if args.rerank_model:
         os.environ["PGRAG_RERANK_MODEL"] = args.rerank_model
 
-    from pgrag import evaluation
+    from pgrag.evaluation import ranking
 
     with tempfile.TemporaryDirectory() as tmp:
         if args.synthetic:
-            folder = evaluation.write_synthetic_beir(
+            folder = ranking.write_synthetic_beir(
                 Path(tmp) / "synthetic", docs=args.docs, queries=args.queries, seed=args.seed
             )
             name = f"synthetic-{args.docs}-{args.queries}-{args.seed}"
         else:
             folder = args.beir
             name = f"beir-{Path(args.beir).absolute().name}"
-        data = evaluation.load_beir(folder, args.split)
+        data = ranking.load_beir(folder, args.split)
         with services(bool(args.collection), ["ingest", "embed"]):
             results = run(args, data, args.collection or name)
     report(args, name, data, results)
 
 
 def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, Any]:
-    from pgrag import evaluation
+    from pgrag.evaluation import ranking
 
     started = time.perf_counter()
-    collection = evaluation.ingest_beir(data, collection_name, progress=ingest_progress)
+    collection = ranking.ingest_beir(data, collection_name, progress=ingest_progress)
     ingest_s = time.perf_counter() - started
     print(file=sys.stderr)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     skipped: dict[str, str] = {}
     if "fused+rerank" in modes:
-        from pgrag.rerank import RerankerUnavailable, load_reranker
+        from pgrag.inference.rerank import RerankerUnavailable, load_reranker
 
         try:
             load_reranker()
@@ -124,8 +124,8 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
         if done % 100 == 0 or done == len(data.queries):
             print(f"  {mode}: {done}/{len(data.queries)} queries", file=sys.stderr)
 
-    scored = evaluation.evaluate(collection, data, modes, chunks=args.chunks, progress=progress)
-    from pgrag.fusion import Fusion
+    scored = ranking.evaluate(collection, data, modes, chunks=args.chunks, progress=progress)
+    from pgrag.query.fusion import Fusion
 
     return {
         "collection": collection_name,
@@ -137,7 +137,7 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
 
 
 def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, Any]) -> None:
-    from pgrag.settings import get_settings
+    from pgrag.runtime.settings import get_settings
 
     # Published figures are of BEIR's test split.
     found = published_dense(name) if args.split == "test" else None

@@ -6,10 +6,10 @@
 For each size, in a fresh embedded PostgreSQL + pgvector: a collection with minimal document
 rows, then N normalised vectors drawn around random cluster centres are loaded through
 pgrag's own loader path, batch by batch as the embed worker writes them
-(`pgrag.loading.replace_chunks`: DELETE + binary COPY + lexeme counts, then the documents'
+(`pgrag.ingest.loading.replace_chunks`: DELETE + binary COPY + lexeme counts, then the documents'
 status update and the commit, one transaction per `ingest_batch_docs` documents). Chunk texts
 are empty, so no chunk has a lexeme: the figure is the vector loader's.
-Then the collection's HNSW index is built with `pgrag.indexing.build_index` (what
+Then the collection's HNSW index is built with `pgrag.store.indexing.build_index` (what
 `finalize_job` runs), with its progress phases and any pgvector notice (such as the graph
 outgrowing maintenance_work_mem) recorded.
 
@@ -59,9 +59,9 @@ def clustered_vectors(
 
 def make_collection(name: str, dim: int) -> Any:
     """A collection row for synthetic vectors; no model is loaded."""
-    from pgrag import db
-    from pgrag.schema import Collection
-    from pgrag.settings import get_settings
+    from pgrag.runtime import db
+    from pgrag.runtime.settings import get_settings
+    from pgrag.store.schema import Collection
 
     s = get_settings()
     collection = Collection(
@@ -81,7 +81,7 @@ def make_collection(name: str, dim: int) -> Any:
 
 def make_documents(collection_id: int, count: int) -> list[int]:
     """`count` minimal `pending` document rows, as the ingest worker leaves them."""
-    from pgrag import db
+    from pgrag.runtime import db
 
     with db.connect() as conn:
         ids = [
@@ -98,7 +98,7 @@ def make_documents(collection_id: int, count: int) -> list[int]:
 
 
 def checkpoints() -> int:
-    from pgrag import db
+    from pgrag.runtime import db
 
     with db.connect() as conn:
         row = conn.execute("SELECT num_timed + num_requested FROM pg_stat_checkpointer").fetchone()
@@ -115,9 +115,9 @@ def load(
     home: Home,
 ) -> dict[str, Any]:
     """Load `rows` vectors through replace_chunks, one transaction per `batch_docs` docs."""
-    from pgrag import db
-    from pgrag.chunking import Chunk
-    from pgrag.loading import DocumentChunks, chunk_lexemes, mark_embedded, replace_chunks
+    from pgrag.ingest.chunking import Chunk
+    from pgrag.ingest.loading import DocumentChunks, chunk_lexemes, mark_embedded, replace_chunks
+    from pgrag.runtime import db
 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((100, int(collection.dim)), dtype=np.float32)
@@ -204,7 +204,7 @@ class BuildProgress(threading.Thread):
         self.t0 = time.perf_counter()
 
     def run(self) -> None:
-        from pgrag import db
+        from pgrag.runtime import db
 
         with db.connect(autocommit=True) as conn:
             while not self._stop_event.is_set():
@@ -225,10 +225,11 @@ class BuildProgress(threading.Thread):
 
 
 def build(collection: Any, home: Home, memory: str | None = None) -> dict[str, Any]:
-    """`pgrag.indexing.build_index`, timed, with its progress phases and notices; with
+    """`pgrag.store.indexing.build_index`, timed, with its progress phases and notices; with
     `memory`, it runs with that maintenance_work_mem instead of PGRAG_INDEX_BUILD_MEMORY."""
-    from pgrag import db, indexing
-    from pgrag.settings import get_settings
+    from pgrag.runtime import db
+    from pgrag.runtime.settings import get_settings
+    from pgrag.store import indexing
 
     if memory:
         os.environ["PGRAG_INDEX_BUILD_MEMORY"] = memory
@@ -282,8 +283,8 @@ def build(collection: Any, home: Home, memory: str | None = None) -> dict[str, A
 
 def one_size(rows: int, args: argparse.Namespace) -> dict[str, Any]:
     with pgrag_home(keep=args.keep) as home:
-        from pgrag import db
-        from pgrag.settings import get_settings
+        from pgrag.runtime import db
+        from pgrag.runtime.settings import get_settings
 
         batch_docs = args.batch_docs or get_settings().ingest_batch_docs
         collection = make_collection(f"synthetic_{rows}", args.dim)

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from pgrag.db import sqlalchemy_url
+from pgrag.runtime.db import sqlalchemy_url
 
 config = context.config
 

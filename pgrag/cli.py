@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import click
 
-from pgrag.settings import get_settings
+from pgrag.runtime.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -25,7 +25,7 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 def friendly_errors(fn: F) -> F:
     """Turn the errors a user can cause into one clear line and exit status 1."""
     from pgrag.remote import ApiError
-    from pgrag.services import ServiceError
+    from pgrag.runtime.services import ServiceError
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -63,7 +63,7 @@ def up(workers: bool, api_port: int | None) -> None:
 
     The servers are embedded ones under PGRAG_HOME unless their URLs are configured.
     """
-    from pgrag import db, processes, services
+    from pgrag.runtime import db, processes, services
 
     settings = get_settings()
     db_url = settings.database_url or services.start_postgres(settings)
@@ -88,7 +88,7 @@ UP_KEY_NAME = "pgrag-up"
 def _admin_key(settings: Any) -> str:
     """The admin key of the embedded API, created (and saved, mode 600) on the first
     `pgrag up --api-port`; what to tell the user about it."""
-    from pgrag import keys
+    from pgrag.runtime import keys
 
     saved = settings.state_dir / "api-key"
     if saved.exists() and keys.authenticate(saved.read_text().strip()):
@@ -106,7 +106,7 @@ def status() -> None:
     """Say which services and workers are alive, and what work is in flight."""
     import redis
 
-    from pgrag import db, processes, services, work
+    from pgrag.runtime import db, processes, services, work
 
     settings = get_settings()
     try:
@@ -135,7 +135,7 @@ def status() -> None:
 @main.command()
 def down() -> None:
     """Stop the workers and the embedded PostgreSQL and Redis."""
-    from pgrag import processes, services
+    from pgrag.runtime import processes, services
 
     settings = get_settings()
     for name in processes.stop(settings):
@@ -171,7 +171,7 @@ def keys() -> None:
 @friendly_errors
 def keys_create(name: str, scopes: str, collections: tuple[str, ...]) -> None:
     """Create a key and print it: it is shown this once (only its hash is stored)."""
-    from pgrag.keys import create_key
+    from pgrag.runtime.keys import create_key
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     key, token = create_key(name, wanted, list(collections) or None)
@@ -184,7 +184,7 @@ def keys_create(name: str, scopes: str, collections: tuple[str, ...]) -> None:
 @friendly_errors
 def keys_list() -> None:
     """Every key: name, scopes, collections, last use, and whether it is revoked."""
-    from pgrag.keys import list_keys
+    from pgrag.runtime.keys import list_keys
 
     found = list_keys()
     if not found:
@@ -204,7 +204,7 @@ def keys_list() -> None:
 @friendly_errors
 def keys_revoke(name: str) -> None:
     """Revoke the live key NAME: requests with it are refused from now on."""
-    from pgrag.keys import revoke_key
+    from pgrag.runtime.keys import revoke_key
 
     revoke_key(name)
     click.echo(f"revoked {name}")
@@ -219,8 +219,8 @@ def keys_revoke(name: str) -> None:
 def collections(ctx: click.Context) -> None:
     """List collections (or create / drop one)."""
     if ctx.invoked_subcommand is None:
-        from pgrag.collections import list_collections
-        from pgrag.fusion import Fusion
+        from pgrag.query.fusion import Fusion
+        from pgrag.store.collections import list_collections
 
         rows = list_collections()
         if not rows:
@@ -252,7 +252,7 @@ def collections_create(
     text_config: str,
 ) -> None:
     """Create a collection."""
-    from pgrag.collections import create_collection
+    from pgrag.store.collections import create_collection
 
     c = create_collection(
         name,
@@ -271,7 +271,7 @@ def collections_create(
 @friendly_errors
 def collections_drop(name: str) -> None:
     """Drop a collection with its documents, chunks and index."""
-    from pgrag.collections import drop_collection
+    from pgrag.store.collections import drop_collection
 
     drop_collection(name)
     click.echo(f"dropped {name}")
@@ -298,8 +298,8 @@ def collections_drop(name: str) -> None:
 def collections_set_fusion(name: str, method: str, dense_weight: float, reset: bool) -> None:
     """Set how hybrid searches of collection NAME fuse dense and lexical rankings. Measure
     it first on queries of your own with judgments (docs/quality.md)."""
-    from pgrag.collections import set_fusion
-    from pgrag.fusion import Fusion
+    from pgrag.query.fusion import Fusion
+    from pgrag.store.collections import set_fusion
 
     fusion = set_fusion(name, None if reset else Fusion(method, dense_weight))
     click.echo(f"{name}: hybrid searches fuse by {fusion}")
@@ -321,8 +321,8 @@ def ingest(source: str, collection: str, create: bool, delete_missing: bool, wai
     """Ingest a folder, a JSONL file or a Parquet file into a collection."""
     from pathlib import Path
 
-    from pgrag import ingest as ingesting
     from pgrag import remote
+    from pgrag.ingest import pipeline as ingesting
 
     if remote.enabled():
         sent = remote.upload(Path(source), collection, create=create, delete_missing=delete_missing)
@@ -353,7 +353,7 @@ class JobView:
 
 
 def local_job(job_id: int) -> JobView:
-    from pgrag.jobs import get_job
+    from pgrag.ingest.jobs import get_job
 
     job = get_job(job_id)
     return JobView(
@@ -408,7 +408,7 @@ def _rate(job: Any) -> str:
 
 
 def show_job(job_id: int) -> None:
-    from pgrag.jobs import get_job, job_errors, job_recoveries
+    from pgrag.ingest.jobs import get_job, job_errors, job_recoveries
 
     job = get_job(job_id)
     click.echo(
@@ -439,7 +439,7 @@ def show_job(job_id: int) -> None:
 def jobs(args: tuple[str, ...]) -> None:
     """List jobs; `pgrag jobs ID` shows one with its errors; `pgrag jobs cancel ID` cancels it."""
     from pgrag import remote
-    from pgrag.jobs import cancel_job, list_jobs
+    from pgrag.ingest.jobs import cancel_job, list_jobs
 
     match args:
         case ():
@@ -495,8 +495,8 @@ def search(
 ) -> None:
     """Retrieve the k best chunks for QUERY, with the score of each stage."""
     from pgrag import remote
-    from pgrag.collections import get_collection
-    from pgrag.retrieval import retrieve
+    from pgrag.query.retrieval import retrieve
+    from pgrag.store.collections import get_collection
 
     if remote.enabled():
         result = remote.search(query, collection, k=k, mode=mode, filters=filters, rerank=rerank)
@@ -635,7 +635,7 @@ def show_citations(done: dict[str, Any]) -> None:
 @friendly_errors
 def migrate() -> None:
     """Apply the database migrations (done by `pgrag up` too)."""
-    from pgrag import db
+    from pgrag.runtime import db
 
     db.migrate()
     click.echo("schema migrated to the latest revision")
@@ -655,7 +655,7 @@ def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
 
     from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-    from pgrag.services import database_url
+    from pgrag.runtime.services import database_url
 
     settings = get_settings()
     url = database_url(settings).replace("postgresql+psycopg://", "postgresql://", 1)

@@ -10,7 +10,7 @@
         elif event.type == "error":
             raise SystemExit(event.data["reason"])
 
-Events are those of `pgrag.streaming` (status, passages, token, done, error), in order, from
+Events are those of `pgrag.runtime.streaming` (status, passages, token, done, error), in order, from
 the first; the last is always `done` or `error`. `follow(id)` reads a question asked earlier
 (or elsewhere): while its stream lasts (PGRAG_ANSWER_TTL_S) from the stream, afterwards the
 final event is rebuilt from the stored row.
@@ -24,9 +24,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 
-from pgrag import answering, remote, streaming
-from pgrag.schema import Query
-from pgrag.streaming import Event, StreamTimeout
+from pgrag import remote
+from pgrag.query import answering
+from pgrag.runtime import streaming
+from pgrag.runtime.streaming import Event, StreamTimeout
+from pgrag.store.schema import Query
 
 __all__ = ["Event", "StreamTimeout", "ask", "final_event", "follow", "submit"]
 

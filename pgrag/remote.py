@@ -1,7 +1,7 @@
 """The HTTP API from Python: what `pgrag.client` and the CLI use when PGRAG_API_URL is set.
 
 Every request carries `Authorization: Bearer $PGRAG_API_KEY`. Answers arrive as the API's
-server-sent events and are turned back into `pgrag.streaming.Event`s, so a caller cannot
+server-sent events and are turned back into `pgrag.runtime.streaming.Event`s, so a caller cannot
 tell a remote question from a local one.
 """
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import httpx
 
-from pgrag.retrieval import Passage, Retrieval
-from pgrag.settings import get_settings
-from pgrag.sources import SUFFIX_TYPES
-from pgrag.streaming import Event, StreamTimeout
+from pgrag.ingest.sources import SUFFIX_TYPES
+from pgrag.query.retrieval import Passage, Retrieval
+from pgrag.runtime.settings import get_settings
+from pgrag.runtime.streaming import Event, StreamTimeout
 
 BODY_TYPES = {".jsonl": "application/x-ndjson", ".parquet": "application/vnd.apache.parquet"}
 

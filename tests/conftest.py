@@ -61,9 +61,9 @@ def sample_text(i: int, words: int) -> str:
 def stored_chunk_lexemes(collection_id: int, text_config: str) -> dict[int, Counter[str]]:
     """Each stored chunk's lexeme counts, analysed afresh from its text and its document's
     title (not read from the lexical index)."""
-    from pgrag import db
-    from pgrag.analyzer import Analyzer
-    from pgrag.lexical import analysed_text
+    from pgrag.runtime import db
+    from pgrag.store.analyzer import Analyzer
+    from pgrag.store.lexical import analysed_text
 
     with db.connect() as conn:
         chunks = conn.execute(
@@ -76,7 +76,7 @@ def stored_chunk_lexemes(collection_id: int, text_config: str) -> dict[int, Coun
 
 
 def sweep_lock_held() -> bool:
-    from pgrag import db, work
+    from pgrag.runtime import db, work
 
     with db.connect() as conn:
         row = conn.execute(
@@ -97,7 +97,7 @@ class Worker:
         env: dict[str, str] | None = None,
         concurrency: int = 1,
     ) -> None:
-        from pgrag import processes
+        from pgrag.runtime import processes
 
         self.log = home / f"{name}.log"
         argv = [*processes.worker(queues, concurrency, name=name).argv, "--without-heartbeat"]
@@ -154,9 +154,9 @@ class Worker:
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Embedded PostgreSQL + Redis under a fresh PGRAG_HOME, migrated to the latest schema."""
-    from pgrag import db
-    from pgrag import services as svc
-    from pgrag.settings import get_settings
+    from pgrag.runtime import db
+    from pgrag.runtime import services as svc
+    from pgrag.runtime.settings import get_settings
 
     home = tmp_path_factory.mktemp("pgrag-home")
     os.environ["PGRAG_HOME"] = str(home)
@@ -232,7 +232,7 @@ class KeyClient(httpx.Client):
     """An httpx client of the API that sends a key of its own, made for it."""
 
     def __init__(self, url: str, scopes: list[str], collections: list[str] | None = None):
-        from pgrag import keys
+        from pgrag.runtime import keys
 
         key, self.token = keys.create_key(f"test-{uuid.uuid4().hex[:8]}", scopes, collections)
         self.key_id, self.key_name = key.id, key.name
@@ -250,11 +250,11 @@ def admin(api: str) -> KeyClient:
 @pytest.fixture(scope="module")
 def kb(worker: Worker) -> str:
     """The sample corpus, ingested once per test module that asks for it."""
-    from pgrag import ingest
-    from pgrag.jobs import get_job
+    from pgrag.ingest import pipeline
+    from pgrag.ingest.jobs import get_job
 
     name = f"answers_{uuid.uuid4().hex[:8]}"
-    job_id = ingest.submit(EXAMPLES / "corpus", name, create=True).id
+    job_id = pipeline.submit(EXAMPLES / "corpus", name, create=True).id
     deadline = time.monotonic() + 600
     while not (job := get_job(job_id)).finished:
         assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
@@ -274,7 +274,7 @@ def collection_name(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def wait_job() -> Callable[..., object]:
-    from pgrag.jobs import get_job
+    from pgrag.ingest.jobs import get_job
 
     def wait(job_id: int, timeout: float = 300) -> object:
         deadline = time.monotonic() + timeout
@@ -299,9 +299,9 @@ def own_broker(worker: Worker) -> Iterator[None]:
     shares the ledger, and would send the test's work to its own broker (database 0)."""
     import redis
 
-    from pgrag import db, queue
-    from pgrag import services as svc
-    from pgrag.settings import get_settings
+    from pgrag.runtime import db, queue
+    from pgrag.runtime import services as svc
+    from pgrag.runtime.settings import get_settings
 
     deadline = time.monotonic() + 120  # work of an earlier test still in flight
     while time.monotonic() < deadline:

@@ -3,7 +3,7 @@
     python -m tests.openai_server --port 8001
 
 `POST /v1/chat/completions` (streamed or not) answers with real tokens of the local
-generator's model (`pgrag.generation.local`, greedy), so the `openai` backend is tested
+generator's model (`pgrag.query.generation.local`, greedy), so the `openai` backend is tested
 against a real server and a real model. `GET /v1/models` lists one model. A message that
 contains STALL makes the server wait `--stall-s` seconds before its first token, to test
 timeouts; with `--api-key`, other keys get HTTP 401. `OpenAIServer` runs it for a test.
@@ -30,7 +30,7 @@ from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
-from pgrag.generation.local import LocalGenerator
+from pgrag.query.generation.local import LocalGenerator
 
 MODEL = "smollm2-135m-instruct"
 ROOT = Path(__file__).resolve().parent.parent

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from pgrag.answer_scoring import (
+from pgrag.evaluation.answers import (
     contains,
     f1,
     normalize_answer,
@@ -17,7 +17,7 @@ from pgrag.answer_scoring import (
     strip_citations,
     token_f1,
 )
-from pgrag.generation.spans import answer_kind, concise, short_answer
+from pgrag.query.generation.spans import answer_kind, concise, short_answer
 
 # --- SQuAD v1.1 evaluate-v1.1.py, verbatim but for names and types: the reference. --------
 

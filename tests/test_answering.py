@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pgrag import answering, db, jobs
 from pgrag.client import Event, ask, follow
-from pgrag.collections import create_collection
+from pgrag.ingest import jobs
+from pgrag.query import answering
+from pgrag.runtime import db
+from pgrag.store.collections import create_collection
 from tests.conftest import ANSWERED, QUESTIONS, ROOT, Worker
 from tests.openai_server import OpenAIServer, free_port
 
@@ -195,7 +197,7 @@ def test_reranker(tmp_path: Path) -> str:
     exercises the rerank stage, not its quality; no trained one can be loaded offline)."""
     from sentence_transformers import CrossEncoder
 
-    from pgrag.models import resolve_model
+    from pgrag.inference.weights import resolve_model
 
     path = tmp_path / "cross-encoder"
     CrossEncoder(resolve_model("sentence-transformers/all-MiniLM-L6-v2"), num_labels=1).save(

@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from pgrag import db, ingest, jobs
-from pgrag.collections import create_collection, get_collection
-from pgrag.embedding import BackendMismatch, collection_embedder, load_embedder
-from pgrag.models import pick_backend, resolve_model
-from pgrag.openvino_runtime import SUMS, best_precision, ir_path
-from pgrag.rerank import load_reranker, rerank_scores
-from pgrag.retrieval import embed_query, search
-from pgrag.schema import Collection
-from pgrag.settings import DEFAULT_EMBED_MODEL, get_settings
+from pgrag.inference.embedding import BackendMismatch, collection_embedder, load_embedder
+from pgrag.inference.openvino import SUMS, best_precision, ir_path
+from pgrag.inference.rerank import load_reranker, rerank_scores
+from pgrag.inference.weights import pick_backend, resolve_model
+from pgrag.ingest import jobs, pipeline
+from pgrag.query.retrieval import embed_query, search
+from pgrag.runtime import db
+from pgrag.runtime.settings import DEFAULT_EMBED_MODEL, get_settings
+from pgrag.store.collections import create_collection, get_collection
+from pgrag.store.schema import Collection
 from tests.conftest import Worker, sample_text
 
 TEXTS = ["Backups are kept for thirty days.", "Keys rotate every ninety days.", "Hello."]
@@ -169,7 +170,8 @@ def test_a_collection_keeps_its_backend(
     home = Path(os.environ["PGRAG_HOME"])
     worker = Worker(home, "ingest,embed", "torch-worker", {"PGRAG_INFERENCE_BACKEND": "torch-fp32"})
     try:
-        job = wait_done(ingest.submit(write_source(tmp_path / "a.jsonl", 0, 6), collection_name).id)
+        first = pipeline.submit(write_source(tmp_path / "a.jsonl", 0, 6), collection_name)
+        job = wait_done(first.id)
         assert job.state == "done", job.error
         collection = get_collection(collection_name)
         assert collection.embed_backend == "torch-fp32"
@@ -187,7 +189,7 @@ def test_a_collection_keeps_its_backend(
                 "UPDATE pgrag.collections SET embed_backend = 'openvino-fp32' WHERE id = %s",
                 (collection.id,),
             )
-        more = ingest.submit(write_source(tmp_path / "b.jsonl", 6, 2), collection_name)
+        more = pipeline.submit(write_source(tmp_path / "b.jsonl", 6, 2), collection_name)
         job = wait_done(more.id)
     finally:
         worker.stop()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from pgrag.chunking import Chunk, chunk_text, chunk_texts, embed_input, segment_spans
-from pgrag.models import resolve_model
-from pgrag.settings import DEFAULT_EMBED_MODEL
+from pgrag.inference.weights import resolve_model
+from pgrag.ingest.chunking import Chunk, chunk_text, chunk_texts, embed_input, segment_spans
+from pgrag.runtime.settings import DEFAULT_EMBED_MODEL
 
 PROSE = """\
 PostgreSQL began as the POSTGRES project at the University of California, Berkeley, in 1986. \

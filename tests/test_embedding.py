@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pgrag.embedding import Embedder, load_embedder, token_batches
-from pgrag.models import PACKAGED_MODELS, pick_device, resolve_model
-from pgrag.settings import DEFAULT_EMBED_MODEL
+from pgrag.inference.embedding import Embedder, load_embedder, token_batches
+from pgrag.inference.weights import PACKAGED_MODELS, pick_device, resolve_model
+from pgrag.runtime.settings import DEFAULT_EMBED_MODEL
 
 WORDS = [
     *("postgres", "vector", "index", "query", "chunk", "token", "batch", "model", "river"),

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from pgrag import evaluation, jobs
-from pgrag.evaluation import (
+from pgrag.evaluation import ranking
+from pgrag.evaluation.ranking import (
     document_run,
     load_beir,
     ndcg_at,
@@ -20,6 +20,7 @@ from pgrag.evaluation import (
     score_run,
     write_synthetic_beir,
 )
+from pgrag.ingest import jobs
 
 # ---------------------------------------------------------------------------- metric math
 
@@ -98,13 +99,13 @@ def test_load_beir_reads_the_folder_and_complains_clearly(tmp_path: Path) -> Non
 def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: str) -> None:
     from sentence_transformers import CrossEncoder
 
-    from pgrag.models import resolve_model
-    from pgrag.settings import get_settings
+    from pgrag.inference.weights import resolve_model
+    from pgrag.runtime.settings import get_settings
 
     data = load_beir(write_synthetic_beir(tmp_path / "beir", docs=240, queries=30, seed=1))
-    collection = evaluation.ingest_beir(data, collection_name)
+    collection = ranking.ingest_beir(data, collection_name)
     jobs_before = len(jobs.list_jobs(limit=1000))
-    assert evaluation.ingest_beir(data, collection_name).id == collection.id  # reused
+    assert ranking.ingest_beir(data, collection_name).id == collection.id  # reused
     assert len(jobs.list_jobs(limit=1000)) == jobs_before
 
     # A real cross-encoder with a random head (no trained one loads offline): it runs the
@@ -115,7 +116,7 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
     os.environ["PGRAG_RERANK_MODEL"] = str(reranker)
     get_settings.cache_clear()
     try:
-        results = evaluation.evaluate(collection, data, chunks=100)
+        results = ranking.evaluate(collection, data, chunks=100)
     finally:
         del os.environ["PGRAG_RERANK_MODEL"]
         get_settings.cache_clear()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pgrag.fusion import DEFAULT, RRF_K, Fusion, fuse, zscores
+from pgrag.query.fusion import DEFAULT, RRF_K, Fusion, fuse, zscores
 
 
 @dataclass

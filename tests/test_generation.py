@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from pgrag.generation import GeneratorError, GeneratorTimeout, Request, get_generator
-from pgrag.generation.extractive import sentences
-from pgrag.generation.prompt import approx_tokens, build_prompt, trim_to_tokens
+from pgrag.query.generation import GeneratorError, GeneratorTimeout, Request, get_generator
+from pgrag.query.generation.extractive import sentences
+from pgrag.query.generation.prompt import approx_tokens, build_prompt, trim_to_tokens
 from tests.openai_server import OpenAIServer, free_port
 
 
@@ -122,7 +122,7 @@ def test_extractive_answers_with_the_best_sentence_and_its_number() -> None:
 
 
 def test_extractive_scores_with_the_embedder_when_given() -> None:
-    from pgrag.embedding import load_embedder
+    from pgrag.inference.embedding import load_embedder
 
     embedder = load_embedder("sentence-transformers/all-MiniLM-L6-v2", "cpu")
     request = Request(
@@ -143,7 +143,7 @@ def test_unknown_generator() -> None:
 @pytest.fixture(scope="module")
 def model_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A PGRAG_HOME for the local model's safetensors cache (the session's when it runs)."""
-    from pgrag.settings import get_settings
+    from pgrag.runtime.settings import get_settings
 
     saved = os.environ.get("PGRAG_HOME")
     home = Path(saved) if saved else tmp_path_factory.mktemp("model-home")
@@ -160,7 +160,7 @@ QUESTION = "How long are daily backup snapshots kept?"
 
 @pytest.mark.slow
 def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> None:
-    from pgrag.generation import local
+    from pgrag.query.generation import local
 
     gen = local.LocalGenerator()
     started = time.perf_counter()
@@ -184,9 +184,9 @@ def test_local_model_on_openvino_picks_the_tokens_of_torch(model_home: Path) -> 
     on a factual question its greedy tokens are those of the transformers model."""
     import torch
 
-    from pgrag.generation.local import load_model
-    from pgrag.openvino_lm import OpenVINOLM
-    from pgrag.settings import get_settings
+    from pgrag.inference.openvino_lm import OpenVINOLM
+    from pgrag.query.generation.local import load_model
+    from pgrag.runtime.settings import get_settings
 
     name = get_settings().local_model
     tokenizer, fast = load_model(name, "cpu", "openvino-fp32")
@@ -204,7 +204,7 @@ def test_local_model_on_openvino_picks_the_tokens_of_torch(model_home: Path) -> 
 
 @pytest.mark.slow
 def test_local_model_stops_at_its_deadline(model_home: Path) -> None:
-    from pgrag.generation.local import LocalGenerator
+    from pgrag.query.generation.local import LocalGenerator
 
     messages = [{"role": "user", "content": "Write a very long story about a lighthouse."}]
     started = time.monotonic()
@@ -226,8 +226,8 @@ def openai_server(model_home: Path) -> Iterator[OpenAIServer]:
 
 @pytest.mark.slow
 def test_openai_backend_streams_the_servers_real_tokens(openai_server: OpenAIServer) -> None:
-    from pgrag.generation.local import LocalGenerator
-    from pgrag.generation.openai import OpenAIGenerator
+    from pgrag.query.generation.local import LocalGenerator
+    from pgrag.query.generation.openai import OpenAIGenerator
 
     gen = OpenAIGenerator(openai_server.url, api_key="sk-test")
     assert gen.model(later()) == "smollm2-135m-instruct"  # found at /v1/models
@@ -242,7 +242,7 @@ def test_openai_backend_streams_the_servers_real_tokens(openai_server: OpenAISer
 
 @pytest.mark.slow
 def test_openai_backend_errors_are_clear(openai_server: OpenAIServer) -> None:
-    from pgrag.generation.openai import OpenAIGenerator
+    from pgrag.query.generation.openai import OpenAIGenerator
 
     request = Request(QUESTION, PASSAGES, deadline=later())
     refused = OpenAIGenerator(f"http://127.0.0.1:{free_port()}/v1", model="m")

@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pgrag import db, ingest, jobs
-from pgrag.collections import UnknownCollection, create_collection, get_collection
-from pgrag.retrieval import search
-from pgrag.sources import SourceNotFound
+from pgrag.ingest import jobs, pipeline
+from pgrag.ingest.sources import SourceNotFound
+from pgrag.query.retrieval import search
+from pgrag.runtime import db
+from pgrag.store.collections import UnknownCollection, create_collection, get_collection
 
 pytestmark = pytest.mark.slow
 
@@ -72,7 +73,7 @@ def scalar(sql: str, *params: object) -> object:
 def test_folder_ingest_end_to_end(
     worker: object, corpus: Path, collection_name: str, wait_job: Callable
 ) -> None:
-    job = ingest.submit(corpus, collection_name, create=True)
+    job = pipeline.submit(corpus, collection_name, create=True)
     done = wait_job(job.id)
     assert (done.state, done.error) == ("done", None)
     assert (done.docs_total, done.docs_done, done.docs_failed, done.docs_skipped) == (6, 6, 0, 0)
@@ -110,7 +111,7 @@ def test_folder_ingest_end_to_end(
     assert (
         scalar("SELECT count(*) FROM pg_indexes WHERE indexname = %s", collection.index_name) == 1
     )
-    from pgrag.retrieval import dense_sql, embed_query
+    from pgrag.query.retrieval import dense_sql, embed_query
 
     with db.connect() as conn:
         # On a handful of rows the planner rightly prefers an exact scan and a sort; hold it
@@ -138,7 +139,7 @@ def test_folder_ingest_end_to_end(
 def test_reingest_skips_unchanged_replaces_changed_deletes_missing(
     worker: object, corpus: Path, collection_name: str, wait_job: Callable
 ) -> None:
-    first = wait_job(ingest.submit(corpus, collection_name, create=True).id)
+    first = wait_job(pipeline.submit(corpus, collection_name, create=True).id)
     assert first.docs_done == 6
     collection = get_collection(collection_name)
 
@@ -158,7 +159,7 @@ def test_reingest_skips_unchanged_replaces_changed_deletes_missing(
     (corpus / "people/leave.md").unlink()
     (corpus / "new.md").write_text("# New\n\nA brand new page about the cafeteria menu.")
 
-    second = wait_job(ingest.submit(corpus, collection_name, delete_missing=True).id)
+    second = wait_job(pipeline.submit(corpus, collection_name, delete_missing=True).id)
     assert (second.state, second.docs_done, second.docs_skipped, second.docs_deleted) == (
         "done",
         2,
@@ -176,7 +177,7 @@ def test_reingest_skips_unchanged_replaces_changed_deletes_missing(
     assert changed == "Backups are now kept for 60 days."
     assert search("cafeteria menu", collection_name, k=1)[0].external_id == "new.md"
 
-    third = wait_job(ingest.submit(corpus, collection_name).id)
+    third = wait_job(pipeline.submit(corpus, collection_name).id)
     assert (third.docs_done, third.docs_skipped, third.chunks_done) == (0, 6, 0)
 
 
@@ -195,7 +196,7 @@ def test_bad_input_gets_error_rows_and_the_rest_goes_on(
     outside.write_text("top secret outside the source")
     (corpus / "link.txt").symlink_to(outside)
 
-    job = wait_job(ingest.submit(corpus, collection_name, create=True).id)
+    job = wait_job(pipeline.submit(corpus, collection_name, create=True).id)
 
     assert job.state == "done"
     errors = {e.ref: e.reason for e in jobs.job_errors(job.id)}
@@ -226,9 +227,9 @@ def test_bad_path_and_unknown_collection_fail_before_any_work(
 ) -> None:
     before = len(jobs.list_jobs(limit=1000))
     with pytest.raises(SourceNotFound, match="does not exist"):
-        ingest.submit(corpus / "nope", collection_name, create=True)
+        pipeline.submit(corpus / "nope", collection_name, create=True)
     with pytest.raises(UnknownCollection, match="does not exist"):
-        ingest.submit(corpus, collection_name)
+        pipeline.submit(corpus, collection_name)
     assert len(jobs.list_jobs(limit=1000)) == before
 
 
@@ -248,7 +249,7 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     home = Path(os.environ["PGRAG_HOME"])
     env = {"PGRAG_INGEST_BATCH_DOCS": "8"}  # embed tasks of a second or more each
     first = Worker(home, "ingest,embed", "doomed", env)
-    job = ingest.submit(corpus, collection_name)
+    job = pipeline.submit(corpus, collection_name)
 
     # Kill once one batch is loaded and the next embed task has just started.
     received = re.compile(r"embed_documents\[([0-9a-f-]+)\] received")
@@ -267,8 +268,8 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     finally:
         second.stop()
 
-    from pgrag.chunking import chunk_text
-    from pgrag.embedding import load_embedder
+    from pgrag.inference.embedding import load_embedder
+    from pgrag.ingest.chunking import chunk_text
 
     tokenizer = load_embedder(collection.model).tokenizer
     expected = sum(
@@ -295,7 +296,7 @@ def test_two_models_with_different_dimensions_coexist(
 ) -> None:
     from sentence_transformers import SentenceTransformer, models
 
-    from pgrag.models import resolve_model
+    from pgrag.inference.weights import resolve_model
 
     # A real second model: MiniLM with a 64-d projection, saved locally.
     base = SentenceTransformer(
@@ -309,7 +310,7 @@ def test_two_models_with_different_dimensions_coexist(
     b = create_collection(collection_name + "_b", model=str(small_path))
     assert (a.dim, b.dim) == (384, 64)
     for c in (a, b):
-        assert wait_job(ingest.submit(corpus, c.name).id).state == "done"
+        assert wait_job(pipeline.submit(corpus, c.name).id).state == "done"
     with db.connect() as conn:
         dims = dict(
             conn.execute(
@@ -370,7 +371,7 @@ def test_ingest_worker_killed_mid_read_resumes_from_its_checkpoint(
     env = {"PGRAG_INGEST_BATCH_DOCS": "10"}  # 400 checkpoints along the source
     # Only a reader: the embed tasks it fans out wait in the broker.
     reader = Worker(home, "ingest", "doomed-reader", env)
-    job = ingest.submit(source, collection_name)
+    job = pipeline.submit(source, collection_name)
     deadline = time.monotonic() + 120
     while jobs.get_job(job.id).docs_read < 200:
         assert time.monotonic() < deadline
@@ -403,9 +404,9 @@ def test_cancel_stops_a_running_job(own_broker: None, tmp_path: Path, collection
     """`pgrag jobs cancel` ends a job at once; the workers skip what was left of it."""
     from click.testing import CliRunner
 
-    from pgrag import queue
     from pgrag.cli import main
-    from pgrag.streaming import connection
+    from pgrag.runtime import queue
+    from pgrag.runtime.streaming import connection
     from tests.conftest import Worker
 
     docs = {
@@ -417,7 +418,7 @@ def test_cancel_stops_a_running_job(own_broker: None, tmp_path: Path, collection
     home = Path(os.environ["PGRAG_HOME"])
     w = Worker(home, "ingest,embed", "canceller", {"PGRAG_INGEST_BATCH_DOCS": "4"})
     try:
-        job = ingest.submit(corpus, collection_name)
+        job = pipeline.submit(corpus, collection_name)
         deadline = time.monotonic() + 120
         while jobs.get_job(job.id).chunks_done == 0:
             assert time.monotonic() < deadline

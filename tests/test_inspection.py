@@ -26,10 +26,11 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from pgrag import db, ingest, jobs
-from pgrag.collections import get_collection
-from pgrag.retrieval import embed_query
-from pgrag.schema import Collection
+from pgrag.ingest import jobs, pipeline
+from pgrag.query.retrieval import embed_query
+from pgrag.runtime import db
+from pgrag.store.collections import get_collection
+from pgrag.store.schema import Collection
 
 pytestmark = pytest.mark.slow
 
@@ -71,7 +72,7 @@ def kb(worker: object, tmp_path_factory: pytest.TempPathFactory) -> Collection:
     shutil.copytree(EXAMPLES, root)
     (root / "planted.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PLANTED))
     (root / "broken.txt").write_bytes(b"\x00\x01 not text \x00")
-    job = wait_done(ingest.submit(root, NAME, create=True).id)
+    job = wait_done(pipeline.submit(root, NAME, create=True).id)
     assert (job.state, job.docs_failed) == ("done", 1)
     return get_collection(NAME)
 
@@ -217,7 +218,7 @@ def test_job_progress_moves_while_a_job_runs(
         for i in range(total)
     ]
     (tmp_path / "notes.jsonl").write_text("\n".join(lines) + "\n")
-    job = ingest.submit(tmp_path / "notes.jsonl", NAME + "_progress", create=True)
+    job = pipeline.submit(tmp_path / "notes.jsonl", NAME + "_progress", create=True)
     samples = []
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:

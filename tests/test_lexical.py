@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from pgrag import db, ingest
-from pgrag.collections import get_collection
-from pgrag.retrieval import retrieve
-from pgrag.schema import Collection
+from pgrag.ingest import pipeline
+from pgrag.query.retrieval import retrieve
+from pgrag.runtime import db
+from pgrag.store.collections import get_collection
+from pgrag.store.schema import Collection
 from tests.conftest import sample_text, stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
@@ -85,7 +86,7 @@ def test_reingest_deletes_and_failures_keep_the_index_exact(
 ) -> None:
     rows = [doc(i) for i in range(300)]
     first = wait_job(
-        ingest.submit(write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True).id
+        pipeline.submit(write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True).id
     )
     assert (first.state, first.docs_done) == ("done", 300)
     collection = get_collection(collection_name)
@@ -95,7 +96,7 @@ def test_reingest_deletes_and_failures_keep_the_index_exact(
     # chunks and must be rebuilt from the rest; a bad new entry fails alone.
     changed = [doc(i, 1) if i % 5 == 0 else r for i, r in enumerate(rows) if i % 7]
     source = write_jsonl(tmp_path / "b.jsonl", [*changed, {"id": "bad", "text": " "}])
-    second = wait_job(ingest.submit(source, collection_name, delete_missing=True).id)
+    second = wait_job(pipeline.submit(source, collection_name, delete_missing=True).id)
     assert second.state == "done"
     assert second.docs_deleted == len(rows) - len(changed)
     assert second.docs_done == sum(1 for i in range(300) if i % 5 == 0 and i % 7)
@@ -121,11 +122,13 @@ def test_four_embed_processes_on_one_collection_stay_exact(
     try:
         rows = [doc(i) for i in range(400)]
         first = wait_job(
-            ingest.submit(write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True).id
+            pipeline.submit(
+                write_jsonl(tmp_path / "a.jsonl", rows), collection_name, create=True
+            ).id
         )
         changed = [doc(i, 1) if i % 3 == 0 else r for i, r in enumerate(rows) if i % 11]
         second = wait_job(
-            ingest.submit(
+            pipeline.submit(
                 write_jsonl(tmp_path / "b.jsonl", changed), collection_name, delete_missing=True
             ).id
         )

@@ -14,7 +14,7 @@ What the model comparison cannot or need not judge, and so leaves out (`IGNORED`
   (ON CONFLICT), the models do not repeat them;
 - tables without a model: the lexical index (`postings`, `lexical_blocks`, `chunk_lexemes`,
   `lexical_pending`), written and read only by SQL (COPY, the block builds and the BM25
-  statements), and `work` (`pgrag/work.py`'s statements);
+  statements), and `work` (`pgrag/runtime/work.py`'s statements);
 Alembic does not compare server defaults here (off by default), CHECK constraints (it never
 does) or views and functions (it does not reflect them). The `vector` columns *are*
 compared: pgvector's SQLAlchemy type reflects as itself, and both sides are dimensionless.
@@ -36,9 +36,9 @@ from alembic.script import ScriptDirectory
 from psycopg import sql
 from sqlalchemy import DateTime, create_engine, make_url, pool
 
-from pgrag import db
-from pgrag.schema import Base
-from pgrag.services import database_url
+from pgrag.runtime import db
+from pgrag.runtime.services import database_url
+from pgrag.store.schema import Base
 
 pytestmark = pytest.mark.slow
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from pgrag import answering, evaluation
-from pgrag.answer_scoring import load_answers, score_answer
 from pgrag.cli import main
 from pgrag.client import ask
-from pgrag.collections import get_collection, set_fusion
-from pgrag.fusion import RRF_K, Fusion
-from pgrag.retrieval import retrieve
+from pgrag.evaluation import ranking
+from pgrag.evaluation.answers import load_answers, score_answer
+from pgrag.query import answering
+from pgrag.query.fusion import RRF_K, Fusion
+from pgrag.query.retrieval import retrieve
+from pgrag.store.collections import get_collection, set_fusion
 from tests.conftest import ANSWERED, ROOT, Worker
 
 pytestmark = pytest.mark.slow
@@ -24,11 +25,11 @@ MINI = ROOT / "tests" / "data" / "xquad-mini"
 @pytest.fixture(scope="module")
 def mini(worker: Worker) -> str:
     """The excerpt ingested through the pipeline, as the benches ingest a BEIR folder."""
-    return evaluation.ingest_beir(evaluation.load_beir(MINI), "qa_mini", timeout=600).name
+    return ranking.ingest_beir(ranking.load_beir(MINI), "qa_mini", timeout=600).name
 
 
 def test_questions_are_answered_with_citations_short_answers_and_stored_rows(mini: str) -> None:
-    data = evaluation.load_beir(MINI)
+    data = ranking.load_beir(MINI)
     golds = load_answers(MINI)
     assert set(golds) == set(data.queries)
     for q, question in data.queries.items():

@@ -16,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from pgrag import answering, db, indexing, ingest, jobs, queue
 from pgrag.client import follow
-from pgrag.collections import create_collection, get_collection
-from pgrag.schema import IngestJob
+from pgrag.ingest import jobs, pipeline
+from pgrag.query import answering
+from pgrag.runtime import db, queue
+from pgrag.store import indexing
+from pgrag.store.collections import create_collection, get_collection
+from pgrag.store.schema import IngestJob
 from tests.conftest import QUESTIONS, Worker, sample_text
 
 pytestmark = pytest.mark.slow
@@ -103,7 +106,7 @@ def test_killed_embed_worker_costs_a_lease_not_an_hour(
     doomed = Worker(home, "embed", "rec-doomed", ENV)
     others = [Worker(home, "embed", "rec-survivor", ENV)] if survivor else []
     try:
-        job = ingest.submit(source, collection_name)
+        job = pipeline.submit(source, collection_name)
         wait_until(lambda: running_embed_work(job.id), 120, "an embed batch in flight")
         doomed.kill()
         killed = time.monotonic()
@@ -134,7 +137,7 @@ def test_broker_wiped_mid_job_ends_done_and_exact(
     home = Path(os.environ["PGRAG_HOME"])
     workers = [Worker(home, "ingest", "wipe-ingest", ENV), Worker(home, "embed", "wipe-embed", ENV)]
     try:
-        job = ingest.submit(source, collection_name)
+        job = pipeline.submit(source, collection_name)
         wait_until(lambda: jobs.get_job(job.id).source_done, 120, "the source to be read")
         with queue._client().connection_for_write() as conn:
             conn.default_channel.client.flushdb()
@@ -206,7 +209,7 @@ def test_ingest_worker_killed_mid_index_build(
         return bool(row and row[0])
 
     try:
-        job = ingest.submit(source, collection_name)
+        job = pipeline.submit(source, collection_name)
         wait_until(building, 240, "the index build")
         doomed.kill()
         workers.append(Worker(home, "ingest", "build-new", ENV))
@@ -225,8 +228,8 @@ def test_postgres_restarted_mid_job_ends_done_and_exact(
 ) -> None:
     """The server restarts under the workers: their failed statements are retried or their
     work sent again, and the job ends with exact counts."""
-    from pgrag import services
-    from pgrag.settings import get_settings
+    from pgrag.runtime import services
+    from pgrag.runtime.settings import get_settings
 
     n = 600
     source = write_source(tmp_path / "notes.jsonl", n)
@@ -234,7 +237,7 @@ def test_postgres_restarted_mid_job_ends_done_and_exact(
     home = Path(os.environ["PGRAG_HOME"])
     workers = [Worker(home, "ingest", "pg-ingest", ENV), Worker(home, "embed", "pg-embed", ENV)]
     try:
-        job = ingest.submit(source, collection_name)
+        job = pipeline.submit(source, collection_name)
         wait_until(lambda: jobs.get_job(job.id).docs_done > 0, 120, "the first batch")
         assert services.stop_postgres(get_settings())
         time.sleep(2)

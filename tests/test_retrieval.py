@@ -22,14 +22,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from pgrag import db, indexing, ingest
-from pgrag.analyzer import Analyzer
-from pgrag.collections import get_collection
-from pgrag.filters import parse_filter, parse_filters
-from pgrag.jobs import get_job
-from pgrag.lexical import K1, B
-from pgrag.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
-from pgrag.schema import Collection
+from pgrag.ingest import pipeline
+from pgrag.ingest.jobs import get_job
+from pgrag.query.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
+from pgrag.runtime import db
+from pgrag.store import indexing
+from pgrag.store.analyzer import Analyzer
+from pgrag.store.collections import get_collection
+from pgrag.store.filters import parse_filter, parse_filters
+from pgrag.store.lexical import K1, B, Term, bm25_recall, split_terms
+from pgrag.store.schema import Collection
 from tests.conftest import stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
@@ -164,7 +166,7 @@ def corpus(worker: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     rows = product_rows() + [{**r, "metadata": {"lang": "en", "year": 2024}} for r in SPECIAL]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     name = f"t{next(_names)}_retrieval"
-    job = ingest.submit(path, name, create=True)
+    job = pipeline.submit(path, name, create=True)
     deadline = time.monotonic() + 600
     while not (done := get_job(job.id)).finished:
         assert time.monotonic() < deadline, "ingest did not finish"
@@ -201,6 +203,12 @@ def brute_force_bm25(collection: Collection, query: str) -> dict[int, float]:
     return scores
 
 
+def ranked(scores: dict[int, float], k: int) -> list[tuple[int, float]]:
+    """The k best, as the search orders them: scores equal to 1e-9 tie, and the lower chunk
+    id goes first."""
+    return sorted(scores.items(), key=lambda kv: (-round(kv[1] * 1e9), kv[0]))[:k]
+
+
 QUERIES = [
     "ZT-4417",
     "compact pressure valve made in Graz",
@@ -214,13 +222,47 @@ def test_bm25_equals_brute_force(corpus: Collection) -> None:
     for query in QUERIES:
         expected = brute_force_bm25(corpus, query)
         got = retrieve(corpus, query, k=20, mode="lexical").passages
-        best = sorted(expected.items(), key=lambda kv: (-kv[1], kv[0]))[:20]
+        best = ranked(expected, 20)
         assert [p.chunk_id for p in got] == [c for c, _ in best], query
         np.testing.assert_allclose(
             [p.scores["lexical"] for p in got], [s for _, s in best], rtol=1e-9
         )
         assert [p.ranks["lexical"] for p in got] == list(range(1, len(got) + 1))
     assert retrieve(corpus, "the and of", mode="lexical").passages == []  # only stop words
+
+
+@pytest.mark.parametrize("k", [1, 5, 20])
+def test_pruned_bm25_equals_brute_force(corpus: Collection, k: int) -> None:
+    """With every posting list counted as long, the common lexemes' lists are skipped
+    wherever the rest decides the top k (a pass that turns out not to is run again in full):
+    the same chunks and scores as scoring everything."""
+    queries = [
+        *QUERIES[:-1],
+        "flow meters of the plants",  # common words only
+        "Ingrid services the flow meters",  # one rare word among common ones
+        "ZT-4417 pump pump valve",  # a lexeme twice in the query
+    ]
+    with db.connect() as conn:
+        for query in queries:
+            expected = brute_force_bm25(corpus, query)
+            best = ranked(expected, k)
+            rows = bm25_recall(conn, corpus.id, corpus.text_config, query, k, long_list=0)
+            assert [r[0] for r in rows] == [c for c, _ in best], query
+            np.testing.assert_allclose([r[-1] for r in rows], [s for _, s in best], rtol=1e-9)
+
+
+def test_split_terms_skips_long_common_lists_only_while_safe() -> None:
+    """MaxScore's split: the longest lists go while they can add at most half the best
+    score and the essential lists still hold k entries."""
+    rare, mid, common = Term("rare", 50, 8.0), Term("mid", 6000, 4.0), Term("common", 9000, 1.5)
+    assert split_terms([common, rare, mid], 10) == ([rare], [common, mid])
+    assert split_terms([common, rare, mid], 100) == ([rare, mid], [common])  # 50 < 100 entries
+    assert split_terms([common, rare, mid], 10, long_list=7000) == ([rare, mid], [common])
+    assert split_terms([common, rare, mid], 10, long_list=10_000) == ([rare, mid, common], [])
+    alone = Term("alone", 9000, 1.0)
+    assert split_terms([alone], 10, long_list=0) == ([alone], [])
+    heavy = Term("heavy", 9000, 9.0)  # could add more than half: always scored in full
+    assert split_terms([heavy, rare], 10, long_list=0) == ([rare, heavy], [])
 
 
 # ---------------------------------------------------------------------------- fusion
@@ -255,7 +297,7 @@ def test_hybrid_keeps_meaning_matches_that_lexical_misses(corpus: Collection) ->
     assert ids(dense)[0] == "support-target"
     # Both lists are decisive here, dense for the meaning and BM25 for three rare shared
     # words: the fusion keeps both winners above everything else. Which of the two comes
-    # first depends on how far each stands out in its list (pgrag/fusion.py); with BM25's
+    # first depends on how far each stands out in its list (pgrag/query/fusion.py); with BM25's
     # zeros counted, the distractor's three rare words win by a little (they lost by a
     # little under RRF). The meaning match is kept, not lost.
     assert set(ids(hybrid)[:2]) == {"support-target", "support-distractor"}
@@ -315,7 +357,7 @@ def test_ef_search_comes_from_k_and_the_setting(
     corpus: Collection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The search session's hnsw.ef_search: the setting's floor, 2k past it, 1000 at most."""
-    from pgrag.settings import get_settings
+    from pgrag.runtime.settings import get_settings
 
     def ef_for(k: int) -> int:
         with db.connect() as conn:
@@ -387,8 +429,8 @@ def reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     configured through PGRAG_RERANK_MODEL."""
     from sentence_transformers import CrossEncoder
 
-    from pgrag.models import resolve_model
-    from pgrag.settings import get_settings
+    from pgrag.inference.weights import resolve_model
+    from pgrag.runtime.settings import get_settings
 
     path = str(tmp_path_factory.mktemp("reranker"))
     CrossEncoder(
@@ -402,7 +444,7 @@ def reranker_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker_path: str) -> None:
-    from pgrag.rerank import load_reranker, passage_text, rerank_scores
+    from pgrag.inference.rerank import load_reranker, passage_text, rerank_scores
 
     query = "compact pressure valve with a long warranty"
     fused = retrieve(corpus, query, k=50, mode="hybrid").passages
@@ -430,7 +472,7 @@ def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker
 
 
 def test_missing_reranker_model_is_a_clear_error() -> None:
-    from pgrag.rerank import RerankerUnavailable, load_reranker
+    from pgrag.inference.rerank import RerankerUnavailable, load_reranker
 
     with pytest.raises(
         RerankerUnavailable, match=r"'cross-encoder/nope-not-here'.*PGRAG_RERANK_MODEL"

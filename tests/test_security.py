@@ -23,9 +23,9 @@ import httpx
 import pytest
 
 from pgrag import client as pgrag_client
-from pgrag import db, keys
-from pgrag.collections import UnknownCollection
-from pgrag.settings import get_settings
+from pgrag.runtime import db, keys
+from pgrag.runtime.settings import get_settings
+from pgrag.store.collections import UnknownCollection
 from tests.conftest import (
     API_ASKS_PER_MIN,
     API_FILE_MB,
@@ -400,7 +400,7 @@ def test_cli_keys_create_list_revoke(api: str) -> None:
 
 
 def test_up_creates_the_admin_key_once(services: Path, tmp_path: Path) -> None:
-    from pgrag.services import database_url, redis_url
+    from pgrag.runtime.services import database_url, redis_url
 
     env = {
         "PGRAG_HOME": str(tmp_path),

@@ -14,8 +14,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pgrag.extract import BINARY_REASON, EMPTY_REASON
-from pgrag.sources import (
+from pgrag.ingest.extract import BINARY_REASON, EMPTY_REASON
+from pgrag.ingest.sources import (
     PARQUET_BATCH_ROWS,
     InvalidSource,
     SourceDocument,

@@ -1,4 +1,4 @@
-"""The Celery application the workers run; its configuration lives in `pgrag.queue`."""
+"""The Celery application the workers run; its configuration lives in `pgrag.runtime.queue`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
 
-from pgrag.queue import make_celery
+from pgrag.runtime.queue import make_celery
 
 app = make_celery()
 app.conf.include = ["workers.tasks"]
@@ -28,9 +28,9 @@ def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
 def _warm_up(**_: Any) -> None:
     """Load the default embedder once per pool process, after the fork, before any task."""
     if MODEL_QUEUES & set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(",")):
-        from pgrag.embedding import load_embedder
-        from pgrag.models import pick_device, share_cpu_threads
-        from pgrag.settings import get_settings
+        from pgrag.inference.embedding import load_embedder
+        from pgrag.inference.weights import pick_device, share_cpu_threads
+        from pgrag.runtime.settings import get_settings
 
         settings = get_settings()
         # Before the model loads: OpenVINO takes its thread count when it compiles a model.
@@ -46,7 +46,7 @@ _sweeping = threading.Event()
 def _start_sweeper(**_: Any) -> None:
     """Every worker's main process sweeps for lost work (`pgrag.work`); PostgreSQL lets one
     of them act at a time."""
-    from pgrag import work
+    from pgrag.runtime import work
 
     threading.Thread(target=work.run_sweeper, args=(_sweeping,), daemon=True).start()
 

@@ -1,7 +1,7 @@
 """Celery tasks: thin wrappers that hold their work's lease, call `pgrag` and record
 failures on the job.
 
-Every task is idempotent (see `pgrag.ingest`) and leased in PostgreSQL (`pgrag.work`): a
+Every task is idempotent (see `pgrag.ingest.pipeline`) and leased in PostgreSQL (`pgrag.work`): a
 second delivery of running or finished work does nothing, and the sweeper sends work again
 when its worker died or its message was lost.
 """
@@ -14,8 +14,10 @@ import psycopg
 import redis
 from celery import Task
 
-from pgrag import answering, ingest, jobs, loading, queue, work
-from pgrag.services import ServiceError
+from pgrag.ingest import jobs, loading, pipeline
+from pgrag.query import answering
+from pgrag.runtime import queue, work
+from pgrag.runtime.services import ServiceError
 from workers.app import app
 
 # Lost connections (and an embedded server that is restarting) are retried; if they outlast
@@ -40,7 +42,7 @@ class JobTask(Task):
 def ingest_source(job_id: int, work_id: int | None = None) -> None:
     with work.lease(work_id) as mine:
         if mine:
-            ingest.read_source(job_id)
+            pipeline.read_source(job_id)
 
 
 @app.task(name=queue.EMBED_DOCUMENTS, base=JobTask)
@@ -54,7 +56,7 @@ def embed_documents(job_id: int, document_ids: list[int], work_id: int | None = 
 def finalize_job(job_id: int, work_id: int | None = None) -> None:
     with work.lease(work_id) as mine:
         if mine:
-            ingest.finalize_job(job_id)
+            pipeline.finalize_job(job_id)
 
 
 # Answering records its own outcome (a failed question ends with an `error` event), so this

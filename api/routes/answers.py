@@ -20,9 +20,10 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import check_collection, rate_limit, requires
-from pgrag import answering, streaming
 from pgrag.client import final_event
-from pgrag.schema import ApiKey, Query
+from pgrag.query import answering
+from pgrag.runtime import streaming
+from pgrag.store.schema import ApiKey, Query
 
 router = APIRouter(tags=["answers"])
 AskKey = Annotated[ApiKey, Depends(requires("ask"))]

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from pgrag import db, streaming
+from pgrag.runtime import db, streaming
 
 router = APIRouter(tags=["health"])
 

@@ -13,11 +13,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import check_collection, rate_limit, requires
-from pgrag import ingest, jobs, uploads
-from pgrag.collections import get_collection_by_id
-from pgrag.schema import ApiKey, IngestJob
-from pgrag.settings import get_settings
-from pgrag.sources import allowed_path
+from pgrag.ingest import jobs, pipeline, uploads
+from pgrag.ingest.sources import allowed_path
+from pgrag.runtime.settings import get_settings
+from pgrag.store.collections import get_collection_by_id
+from pgrag.store.schema import ApiKey, IngestJob
 
 IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 
@@ -88,7 +88,7 @@ def _job(job: IngestJob, collection: str, with_errors: bool = True) -> Job:
 
 def _queue(source: Path, collection: str, *, create: bool, delete_missing: bool) -> Job:
     try:
-        job = ingest.submit(source, collection, delete_missing=delete_missing, create=create)
+        job = pipeline.submit(source, collection, delete_missing=delete_missing, create=create)
     except (LookupError, ValueError) as e:  # SourceNotFound, UnknownCollection, a bad name
         raise HTTPException(400, str(e).strip("'\"")) from None
     return _job(jobs.get_job(job.id), collection, with_errors=False)

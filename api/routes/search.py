@@ -8,10 +8,10 @@ from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
 from api.auth import check_collection, requires
-from pgrag.collections import get_collection
-from pgrag.rerank import RerankerUnavailable
-from pgrag.retrieval import retrieve
-from pgrag.schema import ApiKey
+from pgrag.inference.rerank import RerankerUnavailable
+from pgrag.query.retrieval import retrieve
+from pgrag.store.collections import get_collection
+from pgrag.store.schema import ApiKey
 
 router = APIRouter(tags=["search"])
 

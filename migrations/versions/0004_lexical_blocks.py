@@ -1,6 +1,6 @@
 """Lexical index in blocks: one posting row per (lexeme, block of chunks), written by COPY.
 
-Each embed task's chunks form a block. The worker analyses their text (pgrag/analyzer.py)
+Each embed task's chunks form a block. The worker analyses their text (pgrag/store/analyzer.py)
 and writes one row per distinct lexeme of the block, holding the block's posting list for
 that lexeme as parallel arrays. BM25 statistics are sums over the blocks, exact at every
 commit: nothing is refreshed when a job ends.
@@ -58,7 +58,7 @@ CREATE TABLE pgrag.postings (
 );
 COMMENT ON TABLE pgrag.postings IS 'Inverted index for BM25: for each lexeme and block, the block''s chunks holding the lexeme, with parallel arrays of term frequency and chunk length. pgrag.lexical_postings shows one row per (lexeme, chunk).';
 COMMENT ON COLUMN pgrag.postings.collection_id IS 'Collection of the chunks.';
-COMMENT ON COLUMN pgrag.postings.lexeme IS 'Normalised lexeme (lower-cased, stemmed, stop words removed; pgrag/analyzer.py).';
+COMMENT ON COLUMN pgrag.postings.lexeme IS 'Normalised lexeme (lower-cased, stemmed, stop words removed; pgrag/store/analyzer.py).';
 COMMENT ON COLUMN pgrag.postings.block_id IS 'The pgrag.lexical_blocks row this posting list belongs to.';
 COMMENT ON COLUMN pgrag.postings.chunk_ids IS 'Chunks of the block containing the lexeme.';
 COMMENT ON COLUMN pgrag.postings.tfs IS 'Occurrences of the lexeme in each of those chunks.';

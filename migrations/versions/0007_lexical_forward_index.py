@@ -2,7 +2,7 @@
 
 Embed tasks stop writing posting rows: they COPY each chunk's lexeme counts into
 `chunk_lexemes` and queue the chunk in `lexical_pending`; the job's last step groups the
-pending chunks into blocks of up to 4,096 chunks (pgrag/lexical.py). Deletes read a chunk's
+pending chunks into blocks of up to 4,096 chunks (pgrag/store/lexical.py). Deletes read a chunk's
 lexemes from `chunk_lexemes` and edit the posting rows in place, so blocks no longer need to
 list their lexemes, nor chunks to name their block (a GIN index finds a chunk's block).
 
@@ -43,7 +43,7 @@ CREATE TABLE pgrag.chunk_lexemes (
     tfs             text NOT NULL,
     len             integer NOT NULL
 );
-COMMENT ON TABLE pgrag.chunk_lexemes IS 'Forward index for BM25: each chunk''s distinct lexemes and their counts, as analysed when it was loaded (title and text; pgrag/analyzer.py).';
+COMMENT ON TABLE pgrag.chunk_lexemes IS 'Forward index for BM25: each chunk''s distinct lexemes and their counts, as analysed when it was loaded (title and text; pgrag/store/analyzer.py).';
 COMMENT ON COLUMN pgrag.chunk_lexemes.chunk_id IS 'The chunk.';
 COMMENT ON COLUMN pgrag.chunk_lexemes.collection_id IS 'Collection of the chunk.';
 COMMENT ON COLUMN pgrag.chunk_lexemes.lexemes IS 'Its distinct lexemes, space-separated: string_to_array(lexemes, '' '').';
@@ -98,19 +98,47 @@ DROP TABLE pgrag.chunk_lexemes;
 """
 
 
-def _index_pending(conn: Any) -> None:
-    from pgrag import lexical
+# The block build of pgrag/store/lexical.py as of this revision (later ones add columns that
+# the live statement fills), for the chunks this upgrade or downgrade leaves pending.
+BUILD_BLOCK = """
+WITH ids AS MATERIALIZED (
+    SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+    ORDER BY chunk_id LIMIT 4096 FOR UPDATE
+), picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending p USING ids
+    WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+    RETURNING p.chunk_id
+), chunks AS MATERIALIZED (
+    SELECT f.chunk_id, f.lexemes, f.tfs, f.len
+    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+), written AS (
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len)
+    FROM chunks c,
+         unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
+         AS p(lexeme, tf)
+    GROUP BY p.lexeme
+)
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len) FROM chunks
+HAVING count(*) > 0
+RETURNING cardinality(chunk_ids)
+"""
 
+
+def _index_pending(conn: Any) -> None:
     for (collection_id,) in conn.execute(
         "SELECT DISTINCT collection_id FROM pgrag.lexical_pending"
     ).fetchall():
-        while lexical.build_block(conn, collection_id):
-            pass
+        while True:
+            block = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()[0]
+            if conn.execute(BUILD_BLOCK, {"c": collection_id, "b": block}).fetchone() is None:
+                break
 
 
 def upgrade() -> None:
-    from pgrag import lexical
-    from pgrag.analyzer import Analyzer
+    from pgrag.store import lexical
+    from pgrag.store.analyzer import Analyzer
 
     op.execute(UPGRADE)
     conn = op.get_bind().connection.driver_connection

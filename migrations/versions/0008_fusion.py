@@ -2,9 +2,9 @@
 
 - `collections.fusion`: how hybrid searches of the collection fuse their two lists
   (`{"method": "zscore" | "rrf", "dense_weight": 0..1}`); null: pgrag's default
-  (`pgrag/fusion.py`). Set by `pgrag collections set-fusion`.
+  (`pgrag/query/fusion.py`). Set by `pgrag collections set-fusion`.
 - `queries.short_answer`: the phrase of the answer's first cited sentence that answers the
-  question, with that sentence's citation (`pgrag/generation/spans.py`).
+  question, with that sentence's citation (`pgrag/query/generation/spans.py`).
 
 Revision ID: 0008
 Revises: 0007

@@ -1,0 +1,1 @@
+"""Quality measurement: retrieval (BEIR layout) and answers (SQuAD-style scoring)."""

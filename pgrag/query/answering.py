@@ -1,0 +1,408 @@
+"""Queued question answering: `submit` a question, `answer` it in a query worker.
+
+    query_id = submit("How long are backups kept?", "kb")   # a pgrag.queries row + a task
+    answer(query_id)                                         # in the query worker
+
+The task carries the question's id only; the question and its options live in the row.
+`answer` announces each step on the question's Redis stream (see `pgrag.runtime.streaming`):
+
+    status(running) -> status(retrieving) -> passages -> status(generating) -> token... -> done
+
+and then stores the answer, its citations, the passages with every stage's score, the
+timings and the question's embedding in the row. A question that cannot be answered (empty,
+too long, unknown collection, no search index yet, a generator that fails or times out)
+ends with an `error` event and state `failed`; `answer` never raises for it, so the worker
+goes on with the next question.
+
+Timings, in milliseconds: queue (created -> picked up), embed, recall, rerank, generate,
+first_token (picked up -> first piece of the answer) and total (picked up -> done).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from psycopg.types.json import Jsonb
+
+from pgrag.query.generation import GENERATORS, GeneratorError, Request, get_generator
+from pgrag.query.generation.extractive import content_words
+from pgrag.query.generation.spans import concise
+from pgrag.runtime import db, queue, streaming, work
+from pgrag.runtime.settings import get_settings
+from pgrag.store import indexing
+from pgrag.store.collections import get_collection
+from pgrag.store.schema import TERMINAL_JOB_STATES, Collection, Query
+
+if TYPE_CHECKING:
+    from pgrag.query.retrieval import Passage
+
+log = logging.getLogger(__name__)
+
+DEFAULT_K = 5
+MAX_K = 100
+TIMINGS = ("queue", "embed", "recall", "rerank", "generate", "first_token", "total")
+
+
+class AnswerError(Exception):
+    """The question cannot be answered, for the reason the message gives."""
+
+
+class UnknownQuestion(LookupError):
+    def __init__(self, query_id: object) -> None:
+        super().__init__(f"question {query_id} does not exist")
+
+
+@dataclass
+class Options:
+    k: int = DEFAULT_K
+    rerank: bool | None = None  # None: rerank when a reranker model can be loaded
+    filters: list[str] = field(default_factory=list)
+    generator: str = ""  # "": the query worker's PGRAG_GENERATOR
+
+
+# ---------------------------------------------------------------------------- submit
+
+
+def submit(
+    question: str,
+    collection: str,
+    *,
+    k: int = DEFAULT_K,
+    rerank: bool | None = None,
+    filters: Sequence[str] = (),
+    generator: str | None = None,
+    api_key_id: int | None = None,
+) -> uuid.UUID:
+    """Queue a question; returns its id. Its answer streams on `pgrag:answer:<id>`.
+    `api_key_id`: the API key asking it, the only one (with admin keys) that may read it.
+
+    Nothing is checked here beyond types: every problem with the question reaches its
+    reader as an `error` event, the same way whether it is found now or by the worker.
+    """
+    # An empty generator means the query workers' PGRAG_GENERATOR: they know which backends
+    # they are set up for. The worker records the one it used.
+    options = Options(int(k), rerank, [str(f) for f in filters], generator or "")
+    with db.connect() as conn:
+        row = conn.execute(
+            "INSERT INTO pgrag.queries (collection, question, options, api_key_id)"
+            " VALUES (%s, %s, %s, %s) RETURNING id",
+            # PostgreSQL text cannot hold NUL; it carries no meaning in a question.
+            (collection, question.replace("\x00", " "), Jsonb(asdict(options)), api_key_id),
+        ).fetchone()
+    assert row is not None
+    query_id: uuid.UUID = row[0]
+    streaming.publish(query_id, "status", {"state": "queued", "id": str(query_id)})
+    work.submit(queue.ANSWER_QUESTION, [str(query_id)])
+    return query_id
+
+
+def get_query(query_id: object) -> Query:
+    """The question's row; UnknownQuestion when there is none."""
+    try:
+        key = uuid.UUID(str(query_id))
+    except ValueError:
+        raise UnknownQuestion(query_id) from None
+    with db.session() as s:
+        found = s.get(Query, key)
+    if found is None:
+        raise UnknownQuestion(query_id)
+    return found
+
+
+# ---------------------------------------------------------------------------- answer
+
+
+@dataclass
+class Claimed:
+    question: str
+    collection: str
+    options: Options
+    restarted: bool  # a worker had started it already (and died)
+    queued_ms: float
+
+
+def _claim(query_id: uuid.UUID) -> Claimed | None:
+    """Mark the question running; None when it is unknown or already answered (a
+    redelivered task)."""
+    with db.connect() as conn:
+        row = conn.execute(
+            "WITH before AS (SELECT state FROM pgrag.queries WHERE id = %(id)s FOR UPDATE)"
+            " UPDATE pgrag.queries q SET state = 'running', started_at = now()"
+            " FROM before WHERE q.id = %(id)s AND before.state IN ('queued', 'running')"
+            " RETURNING q.question, q.collection, q.options, before.state,"
+            " extract(epoch FROM now() - q.created_at) * 1000",
+            {"id": query_id},
+        ).fetchone()
+    if row is None:
+        return None
+    question, collection, options, state, queued_ms = row
+    known = {k: v for k, v in (options or {}).items() if k in Options.__dataclass_fields__}
+    return Claimed(question, collection, Options(**known), state == "running", float(queued_ms))
+
+
+def answer(query_id: object) -> str:
+    """Answer a queued question (in a query worker); returns its final state, or "skipped"
+    for an unknown or already answered question."""
+    try:
+        key = uuid.UUID(str(query_id))
+    except ValueError:
+        log.warning("not a question id: %r", query_id)
+        return "skipped"
+    started = time.perf_counter()
+    claimed = _claim(key)
+    if claimed is None:
+        return "skipped"
+    timings: dict[str, float] = {"queue": round(claimed.queued_ms, 1)}
+    if claimed.restarted:
+        # Readers drop the pieces of the answer received so far.
+        reason = "the worker answering it stopped; answering again"
+        streaming.publish(key, "status", {"state": "restarted", "reason": reason})
+    streaming.publish(key, "status", {"state": "running"})
+    try:
+        _answer(key, claimed, timings, started)
+    except (AnswerError, GeneratorError, ValueError, LookupError) as e:
+        _fail(key, str(e).strip("'\""), timings, started)
+        return "failed"
+    except Exception as e:
+        log.exception("answering %s failed", key)
+        _fail(key, f"internal error: {type(e).__name__}: {e}", timings, started)
+        return "failed"
+    return "done"
+
+
+def _ms(since: float) -> float:
+    return round((time.perf_counter() - since) * 1000, 1)
+
+
+def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started: float) -> None:
+    question, options = claimed.question.strip(), claimed.options
+    options.generator = options.generator or get_settings().generator
+    _check(question, options)
+    collection = _searchable_collection(key, claimed.collection)
+
+    streaming.publish(key, "status", {"state": "retrieving"})
+    vector, found, reranked = _retrieve(collection, question, options, timings)
+    passages = [_passage_json(n, p) for n, p in enumerate(found, 1)]
+    streaming.publish(key, "passages", {"passages": passages})
+
+    t = time.perf_counter()
+    if found:
+        streaming.publish(key, "status", {"state": "generating", "generator": options.generator})
+        text = _generate(key, collection, question, vector, found, options, timings, started)
+    else:
+        where = " with these filters" if options.filters else ""
+        text = f"No passage of collection {collection.name!r} matches the question{where}."
+        timings["first_token"] = _ms(started)
+        streaming.publish(key, "token", {"text": text})
+    timings["generate"] = _ms(t)
+
+    citations = cite(text, passages)
+    short = concise(question, text) if found else None
+    timings["total"] = _ms(started)
+    timings = {s: timings[s] for s in TIMINGS if s in timings}
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE pgrag.queries SET state = 'done', collection_id = %s, answer = %s,"
+            " short_answer = %s, citations = %s, passages = %s, timings = %s,"
+            " question_embedding = %s, options = options || %s, error = NULL,"
+            " finished_at = now() WHERE id = %s",
+            (
+                collection.id,
+                text,
+                short,
+                Jsonb(citations),
+                Jsonb(passages),
+                Jsonb(timings),
+                np.asarray(vector, dtype=np.float32),
+                Jsonb({"generator": options.generator, "rerank": reranked}),
+                key,
+            ),
+        )
+    done = {"answer": text, "short_answer": short, "citations": citations, "timings": timings}
+    streaming.publish(key, "done", done)
+
+
+def _retrieve(
+    collection: Collection, question: str, options: Options, timings: dict[str, float]
+) -> tuple[np.ndarray, list[Passage], bool]:
+    """The question's embedding, its k passages, and whether they were reranked."""
+    # Imported here: submitting (the CLI, the API) needs none of the models.
+    from pgrag.query import retrieval
+
+    t = time.perf_counter()
+    vector = retrieval.embed_query(collection, question)
+    timings["embed"] = _ms(t)
+    rerank = _reranker_ready() if options.rerank is None else options.rerank
+    found = retrieval.retrieve(
+        collection,
+        question,
+        k=options.k,
+        filters=options.filters,
+        rerank=rerank,
+        query_vector=vector,
+    )
+    timings.update(
+        {s: round(found.timings[s], 1) for s in ("recall", "rerank") if s in found.timings}
+    )
+    return vector, found.passages, rerank
+
+
+def _generate(
+    key: uuid.UUID,
+    collection: Collection,
+    question: str,
+    vector: np.ndarray,
+    passages: list[Passage],
+    options: Options,
+    timings: dict[str, float],
+    started: float,
+) -> str:
+    """The answer, streamed as grouped `token` events while it is generated."""
+    from pgrag.inference.embedding import collection_embedder
+
+    settings = get_settings()
+    request = Request(
+        question,
+        passages,
+        deadline=time.monotonic() + settings.generate_timeout_s,
+        embed=collection_embedder(collection).encode,  # for extractive
+        question_vector=vector,
+    )
+    tokens = streaming.TokenBuffer(lambda text: streaming.publish(key, "token", {"text": text}))
+    pieces: list[str] = []
+    try:
+        for piece in get_generator(options.generator).stream(request):
+            if not pieces:
+                timings["first_token"] = _ms(started)
+            pieces.append(piece)
+            tokens.add(piece)
+    finally:
+        tokens.flush()  # what was generated before a failure still reaches the readers
+    return "".join(pieces).strip()
+
+
+def _check(question: str, options: Options) -> None:
+    limit = get_settings().max_question_chars
+    if not question:
+        raise AnswerError("the question is empty")
+    if len(question) > limit:
+        raise AnswerError(
+            f"the question is {len(question):,} characters long, over the limit of "
+            f"{limit:,} (PGRAG_MAX_QUESTION_CHARS)"
+        )
+    if not 1 <= options.k <= MAX_K:
+        raise AnswerError(f"k must be between 1 and {MAX_K}, not {options.k}")
+    if options.generator not in GENERATORS:
+        raise AnswerError(
+            f"unknown generator {options.generator!r}: use one of {', '.join(GENERATORS)}"
+        )
+
+
+def _searchable_collection(key: uuid.UUID, name: str) -> Collection:
+    """The collection, once it has a search index; AnswerError saying why not otherwise."""
+    collection = get_collection(name)  # UnknownCollection says how to create it
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE pgrag.queries SET collection_id = %s WHERE id = %s", (collection.id, key)
+        )
+        state = indexing.index_state(conn, collection)
+        if state == "valid":
+            return collection
+        job = conn.execute(
+            "SELECT id, state FROM pgrag.ingest_jobs WHERE collection_id = %s"
+            " AND state <> ALL(%s) ORDER BY id LIMIT 1",
+            (collection.id, list(TERMINAL_JOB_STATES)),
+        ).fetchone()
+    if job is not None:
+        raise AnswerError(
+            f"collection {name!r} has no search index yet: its ingest job {job[0]} is still "
+            f"{job[1]}; ask again once it is done (`pgrag jobs {job[0]}`)"
+        )
+    if state == "invalid":
+        raise AnswerError(
+            f"the search index of collection {name!r} is invalid (its build was interrupted);"
+            " the next ingest job into it rebuilds it"
+        )
+    raise AnswerError(
+        f"collection {name!r} has no search index yet: it has no documents; "
+        f"ingest some with `pgrag ingest SOURCE --collection {name}`"
+    )
+
+
+@cache
+def _reranker_ready() -> bool:
+    """Whether the configured cross-encoder loads (checked once per worker process)."""
+    from pgrag.inference.rerank import RerankerUnavailable, load_reranker
+
+    try:
+        load_reranker()
+    except RerankerUnavailable as e:
+        log.warning("answering without rerank: %s", e)
+        return False
+    return True
+
+
+def _passage_json(n: int, p: Passage) -> dict[str, Any]:
+    return {
+        "n": n,
+        "chunk_id": p.chunk_id,
+        "document_id": p.document_id,
+        "external_id": p.external_id,
+        "title": p.title,
+        "ord": p.ord,
+        "text": p.text,
+        "metadata": p.metadata,
+        "scores": p.scores,
+        "ranks": getattr(p, "ranks", {}),
+    }
+
+
+_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+CITATION_FIELDS = ("n", "chunk_id", "document_id", "external_id", "title")
+INFER_MIN_SHARE = 0.6  # of a sentence's content words found in the passage it is traced to
+
+
+def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passages that `text` cites as [n] (or [n, m]), in order of first citation;
+    numbers that match no passage are ignored.
+
+    An answer with no valid marker at all (small models often write none) is traced back
+    instead: each sentence to the passage holding most of its content words, when that is at
+    least INFER_MIN_SHARE of them. Such citations carry `"inferred": true`.
+    """
+    by_n = {p["n"]: p for p in passages}
+    cited: dict[int, dict[str, Any]] = {}
+    for group in _CITATION.findall(text):
+        for n in (int(x) for x in group.split(",")):
+            if n in by_n and n not in cited:
+                cited[n] = {f: by_n[n][f] for f in CITATION_FIELDS}
+    if cited or not passages:
+        return list(cited.values())
+    words = {p["n"]: content_words(p["text"]) for p in passages}
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        said = content_words(sentence)
+        if len(said) < 2:
+            continue
+        n, shared = max(((n, len(said & w)) for n, w in words.items()), key=lambda x: x[1])
+        if shared >= INFER_MIN_SHARE * len(said) and n not in cited:
+            cited[n] = {**{f: by_n[n][f] for f in CITATION_FIELDS}, "inferred": True}
+    return list(cited.values())
+
+
+def _fail(key: uuid.UUID, reason: str, timings: dict[str, float], started: float) -> None:
+    timings["total"] = _ms(started)
+    with db.connect() as conn:
+        conn.execute(
+            "UPDATE pgrag.queries SET state = 'failed', error = %s, timings = %s,"
+            " finished_at = now() WHERE id = %s",
+            (reason, Jsonb(timings), key),
+        )
+    streaming.publish(key, "error", {"reason": reason})

