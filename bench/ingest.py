@@ -8,7 +8,9 @@ sentences) is cut into chunks with pgrag's own chunker and title rule, and then:
 (a)  raw `SentenceTransformer.encode(texts, batch_size=32)` on exactly the strings pgrag
      embeds (the model already loaded), in torch (fp32 on a CPU);
 (a*) the same call with the model's forward pass in the backend under test (`--backend`,
-     default auto: OpenVINO on a CPU), and the cosine of each of its vectors to (a)'s;
+     default auto: OpenVINO on a CPU), and the cosine of each of its vectors to (a)'s; (a)
+     and (a*) take turns over 8 slices of the chunks, so that other work on the machine
+     weighs on both alike;
 (a') pgrag's `Embedder.encode` on the same strings, one call per batch of documents as the
      embed worker makes it (a diagnostic: the batcher alone, without Celery or Postgres);
 (b)  pgrag end to end: embedded PostgreSQL + Redis and real Celery workers (one `ingest`, one
@@ -52,6 +54,7 @@ import numpy as np
 from bench.common import (
     RESULTS,
     CpuMeter,
+    CpuUsage,
     Home,
     ResourceSampler,
     Worker,
@@ -307,21 +310,38 @@ def _meter(home: Home, workers: dict[str, Worker] | None = None) -> CpuMeter:
 # ---------------------------------------------------------------------------- (a), (a')
 
 
-def raw_encode(model: Any, texts: list[str], home: Home) -> tuple[dict[str, Any], np.ndarray]:
-    """(a): `SentenceTransformer.encode(texts, batch_size=32)`, the model warm."""
+def raw_encode(
+    models: dict[str, Any], texts: list[str], home: Home, rounds: int = 8
+) -> dict[str, tuple[dict[str, Any], np.ndarray]]:
+    """(a) and (a*): `SentenceTransformer.encode(texts, batch_size=32)` of each model, the
+    models warm, taking turns over `rounds` slices of the texts, so that the load of other
+    work on the machine falls on each alike."""
     import torch
 
-    model.encode(texts[:64], batch_size=32)  # first-call costs out of the timing
-    meter = _meter(home).start()
-    vectors = model.encode(texts, batch_size=32)
-    cpu = meter.stop()
+    for model in models.values():
+        model.encode(texts[:64], batch_size=32)  # first-call costs out of the timing
+    usage: dict[str, CpuUsage] = {}
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in models}
+    for rows in np.array_split(np.arange(len(texts)), rounds):
+        for name, model in models.items():
+            meter = _meter(home).start()
+            parts[name].append(model.encode([texts[i] for i in rows], batch_size=32))
+            cpu = meter.stop()
+            usage[name] = usage[name] + cpu if name in usage else cpu
     return {
-        "chunks": len(texts),
-        "seconds": round(cpu.wall_s, 3),
-        "chunks_per_s": round(rate(len(texts), cpu.wall_s), 2),
-        "torch_threads": torch.get_num_threads(),
-        "cpu": cpu.as_dict(),
-    }, np.asarray(vectors, dtype=np.float32)
+        name: (
+            {
+                "chunks": len(texts),
+                "rounds": rounds,
+                "seconds": round(usage[name].wall_s, 3),
+                "chunks_per_s": round(rate(len(texts), usage[name].wall_s), 2),
+                "torch_threads": torch.get_num_threads(),
+                "cpu": usage[name].as_dict(),
+            },
+            np.concatenate(parts[name]).astype(np.float32),
+        )
+        for name in models
+    }
 
 
 def pgrag_encode(embedder: Any, prep: Prepared, batch_docs: int, home: Home) -> dict[str, Any]:
@@ -1068,10 +1088,12 @@ def main() -> None:
             "ingest_batch_docs": settings.ingest_batch_docs,
             "postgres": postgres_settings(),
         }
-        print(f"(a) encode {len(prep.texts)} chunks, batch 32", file=sys.stderr)
-        res["a_raw_encode"], vectors = raw_encode(baseline.model, prep.texts, home)
-        print(f"(a*) encode, {embedder.backend}", file=sys.stderr)
-        res["a_backend_encode"], fast = raw_encode(embedder.model, prep.texts, home)
+        print(f"(a), (a*) encode {len(prep.texts)} chunks, batch 32", file=sys.stderr)
+        encoded = raw_encode(
+            {"a_raw_encode": baseline.model, "a_backend_encode": embedder.model}, prep.texts, home
+        )
+        res["a_raw_encode"], vectors = encoded["a_raw_encode"]
+        res["a_backend_encode"], fast = encoded["a_backend_encode"]
         res["a_backend_encode"]["agreement"] = cosine_summary(fast, vectors)
         print("(a') pgrag Embedder.encode", file=sys.stderr)
         res["a_pgrag_encode"] = pgrag_encode(embedder, prep, settings.ingest_batch_docs, home)

@@ -5,10 +5,10 @@ tokens (rows x longest row), so short chunks go in large batches and long ones i
 batches, with little padding either way. While the model runs one batch, a background
 thread tokenizes the next.
 
-The forward pass runs in the embedder's backend (`pgrag.inference.weights.pick_backend`): torch, in
-fp16 on CUDA, or OpenVINO on a CPU (`pgrag.inference.openvino`). A collection records the
-backend of its vectors, and `collection_embedder` gives every ingest and query of it that
-one, so that its vectors never mix two numerics.
+The forward pass runs in the embedder's backend (`pgrag.inference.weights.pick_backend`):
+torch, in fp16 on CUDA, or OpenVINO on a CPU (`pgrag.inference.openvino`). A collection
+records the backend of its vectors, and `collection_embedder` gives every ingest and query
+of it that one, so that its vectors never mix two numerics.
 """
 
 from __future__ import annotations

@@ -59,7 +59,7 @@ def pick_device(setting: str = "") -> str:
 
 
 # A backend names the runtime and the precision that compute a model: vectors of one
-# collection all come from one of these (see `pgrag.embedding.collection_embedder`).
+# collection all come from one of these (see `pgrag.inference.embedding.collection_embedder`).
 BACKENDS = ("torch-fp16", "torch-fp32", "openvino-bf16", "openvino-fp32")
 # Settings that resolve to one of them on a device. "torch" is also what collections
 # embedded before the backend was recorded hold: torch at the device's precision, as then.
