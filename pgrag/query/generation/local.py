@@ -10,8 +10,9 @@ imported: its `__init__` needs llama-cpp-python, which this backend does not use
 The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`). On a
 CPU it is OpenVINO by default (`pgrag.inference.openvino_lm`: int8 weights, the KV cache
 inside the model, greedy decoding token by token in the caller's thread; about 3x the
-tokens/s of transformers here). With torch: float32 on CPU, bfloat16/float16 on CUDA; tokens stream
-through `TextIteratorStreamer` from a generation thread, which the deadline stops.
+tokens/s of transformers here). With torch: float32 on CPU, bfloat16/float16 on CUDA;
+tokens stream through `TextIteratorStreamer` from a generation thread, which the deadline
+stops.
 """
 
 from __future__ import annotations
@@ -286,6 +287,5 @@ class LocalGenerator:
 
 def _eos_ids(tokenizer: PreTrainedTokenizerBase, model: OpenVINOLM) -> set[int]:
     """The tokens that end an answer: the tokenizer's and the model config's."""
-    ids = {tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)}
-    flat = {i for x in ids for i in (x if isinstance(x, list) else [x])}
-    return {int(i) for i in flat if i is not None}
+    ids = [tokenizer.eos_token_id, getattr(model.config, "eos_token_id", None)]
+    return {int(i) for x in ids for i in (x if isinstance(x, list) else [x]) if i is not None}
