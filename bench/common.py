@@ -262,6 +262,16 @@ class CpuUsage:
         """CPU seconds of processes outside the named trees (other users of the machine)."""
         return max(0.0, self.machine_busy_s - sum(self.trees_s.values()))
 
+    def __add__(self, other: CpuUsage) -> CpuUsage:
+        """Two measured spans together (interleaved phases)."""
+        trees = {k: self.trees_s.get(k, 0.0) + other.trees_s.get(k, 0.0) for k in self.trees_s}
+        return CpuUsage(
+            self.wall_s + other.wall_s,
+            trees,
+            self.machine_busy_s + other.machine_busy_s,
+            self.steal_s + other.steal_s,
+        )
+
     def as_dict(self) -> dict[str, Any]:
         cores = os.cpu_count() or 1
         return {

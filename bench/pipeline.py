@@ -76,7 +76,7 @@ def write_source(path: Path, chunks: int) -> int:
         len(c)
         for c in chunk_texts(
             [d["text"] for d in docs],
-            load_embedder(settings.embed_model, "cpu").tokenizer,
+            load_embedder(settings.embed_model, "cpu", "torch").tokenizer,
             chunk_size=settings.chunk_size,
             overlap=settings.chunk_overlap,
         )
@@ -114,7 +114,7 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
     read_s = time.perf_counter() - t
 
     collection = create_collection(collection_name)
-    embedder = load_embedder(collection.model, "cpu")
+    embedder = load_embedder(collection.model, "cpu", "torch")
     size = get_settings().ingest_batch_docs
     options = {"chunk_size": collection.chunk_size, "overlap": collection.chunk_overlap}
     t = time.perf_counter()
@@ -237,7 +237,7 @@ def search_latency(collection_name: str, queries: list[str]) -> dict[str, Any]:
     from pgrag.store.lexical import bm25_recall
 
     collection = get_collection(collection_name)
-    embedder = load_embedder(collection.model, "cpu")
+    embedder = load_embedder(collection.model, "cpu", "torch")
     vectors = bench_encode(embedder, queries)
     out: dict[str, Any] = {"queries": len(queries)}
     for mode in ("dense", "lexical", "hybrid"):

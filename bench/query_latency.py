@@ -2,7 +2,8 @@
 with 1 and 2 query workers.
 
     python bench/query_latency.py [--questions 200] [--workers 1,2] [--generator extractive]
-                                  [--rerank] [--corpus examples/corpus] [--out PATH] [--keep]
+                                  [--rerank] [--backend torch,auto] [--corpus examples/corpus]
+                                  [--out PATH] [--keep]
 
 A fresh embedded PostgreSQL + Redis (bench/common.py) gets the sample corpus ingested by real
 ingest/embed workers; then, for each worker count W, one Celery query worker with W pool
@@ -19,7 +20,10 @@ once through `pgrag.query.answering.submit`. The stage timings each worker store
     first_token  picked up -> first piece of the answer streamed
     total        picked up -> done (service time)
 
-and questions/s = N / (last finished_at - first created_at). `--rerank` builds a CrossEncoder
+and questions/s = N / (last finished_at - first created_at). `--backend` takes one or more
+`PGRAG_INFERENCE_BACKEND` settings (default auto: OpenVINO on a CPU): each gets a collection
+of its own, ingested and then queried by workers with that setting, in the same run, so the
+backends compare side by side. `--rerank` builds a CrossEncoder
 from the local MiniLM weights with an untrained head (no trained one can be had offline): its
 timings are real, its ordering is not. With `--generator local`, the GGUF->safetensors load
 (first use) and the cached load are timed in fresh processes, and the decode rate (answer
@@ -58,7 +62,15 @@ QUESTIONS = [
 ]
 
 
-def ingest(home: Home, corpus: Path) -> str:
+def use_backend(setting: str) -> None:
+    """Workers started from now on (and this process) use this inference backend setting."""
+    from pgrag.runtime.settings import get_settings
+
+    os.environ["PGRAG_INFERENCE_BACKEND"] = setting
+    get_settings.cache_clear()
+
+
+def ingest(home: Home, corpus: Path, name: str) -> str:
     from pgrag.ingest import pipeline as ingesting
     from pgrag.ingest.jobs import get_job
 
@@ -66,7 +78,7 @@ def ingest(home: Home, corpus: Path) -> str:
     try:
         for w in workers:
             w.wait_ready()
-        job = ingesting.submit(corpus, "bench", create=True)
+        job = ingesting.submit(corpus, name, create=True)
         while not (job := get_job(job.id)).finished:
             time.sleep(0.5)
         if job.state != "done":
@@ -75,7 +87,7 @@ def ingest(home: Home, corpus: Path) -> str:
     finally:
         for w in workers:
             w.stop()
-    return "bench"
+    return name
 
 
 def wait_answered(ids: list[Any], timeout: float) -> list[dict[str, Any]]:
@@ -183,6 +195,7 @@ def run(
     done = [r for r in rows if r["state"] == "done"]
     span = max(r["finished_at"] for r in rows) - min(r["created_at"] for r in rows)
     result = {
+        "backend": os.environ.get("PGRAG_INFERENCE_BACKEND", "auto"),
         "workers": workers,
         "questions": n,
         "failed": len(failed),
@@ -202,6 +215,11 @@ def main() -> None:
     parser.add_argument("--workers", default="1,2", help="query worker processes, e.g. 1,2")
     parser.add_argument("--generator", default="extractive", choices=["extractive", "local"])
     parser.add_argument("--rerank", action="store_true", help="rerank (untrained test head)")
+    parser.add_argument(
+        "--backend",
+        default="auto",
+        help="inference backend settings to compare, e.g. torch,auto (auto: OpenVINO on a CPU)",
+    )
     parser.add_argument("--corpus", type=Path, default=ROOT / "examples" / "corpus")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary PGRAG_HOME")
@@ -222,15 +240,20 @@ def main() -> None:
     with pgrag_home(keep=args.keep, env=env) as home:
         if args.generator == "local":
             results["local_model_load"] = local_load_times(home)
-        collection = ingest(home, args.corpus)
-        for workers in (int(w) for w in args.workers.split(",")):
-            print(f"{args.questions} questions, {workers} query worker(s)...", file=sys.stderr)
-            results["runs"].append(
-                run(home, collection, workers, args.questions, args.generator, args.rerank)
-            )
+        for backend in args.backend.split(","):
+            use_backend(backend)
+            collection = ingest(home, args.corpus, f"bench-{backend}")
+            for workers in (int(w) for w in args.workers.split(",")):
+                print(
+                    f"{args.questions} questions, backend {backend}, {workers} query worker(s)...",
+                    file=sys.stderr,
+                )
+                results["runs"].append(
+                    run(home, collection, workers, args.questions, args.generator, args.rerank)
+                )
 
     headers = ["stage (ms)"] + [
-        f"{r['workers']}w {p}" for r in results["runs"] for p in ("p50", "p95")
+        f"{r['backend']} {r['workers']}w {p}" for r in results["runs"] for p in ("p50", "p95")
     ]
     rows: list[list[Any]] = []
     for stage in STAGES:
@@ -260,7 +283,10 @@ def main() -> None:
         print(f"local model load: {results['local_model_load']}")
     for r in results["runs"]:
         if "decode_tokens_per_s_p50" in r:
-            print(f"{r['workers']} worker(s): decode {r['decode_tokens_per_s_p50']} tokens/s p50")
+            print(
+                f"{r['backend']}, {r['workers']} worker(s):"
+                f" decode {r['decode_tokens_per_s_p50']} tokens/s p50"
+            )
     path = write_json(args.out or default_out("query_latency"), "query_latency", results)
     print(f"\nwrote {path}")
 

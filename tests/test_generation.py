@@ -4,6 +4,7 @@ backend against a real OpenAI-compatible server that streams the local model's t
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -162,7 +163,6 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
     from pgrag.query.generation import local
 
     gen = local.LocalGenerator()
-    started = time.perf_counter()
     pieces = list(gen.stream(Request(QUESTION, PASSAGES, deadline=later(300))))
     assert len(pieces) > 1 and "".join(pieces).strip()
 
@@ -170,11 +170,37 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
     assert cached.parent == model_home.resolve() / "models"
     assert (cached / "model.safetensors").stat().st_size > 100_000_000
     assert (cached / "tokenizer.json").exists()
-    # A fresh load reads the safetensors copy, not the GGUF file.
+    # A fresh load reads the safetensors copy (and, on a CPU, the OpenVINO export made from
+    # it), not the GGUF file: neither is written again.
+    exports = sorted((model_home / "models" / "openvino").glob("*causal-lm*/*.bin"))
+    written = [p.stat().st_mtime_ns for p in [cached / "model.safetensors", *exports]]
     local.load_model.cache_clear()
-    started = time.perf_counter()
     gen.load()
-    assert time.perf_counter() - started < 15  # about 0.3 s on an idle CPU; GGUF takes 20 s
+    assert [p.stat().st_mtime_ns for p in [cached / "model.safetensors", *exports]] == written
+
+
+@pytest.mark.slow
+def test_local_model_on_openvino_picks_the_tokens_of_torch(model_home: Path) -> None:
+    """On a CPU the local model runs in OpenVINO (int8 weights, the KV cache in the model):
+    on a factual question its greedy tokens are those of the transformers model."""
+    import torch
+
+    from pgrag.inference.openvino_lm import OpenVINOLM
+    from pgrag.query.generation.local import load_model
+    from pgrag.runtime.settings import get_settings
+
+    name = get_settings().local_model
+    tokenizer, fast = load_model(name, "cpu", "openvino-fp32")
+    _, reference = load_model(name, "cpu", "torch-fp32")
+    assert isinstance(fast, OpenVINOLM)
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True)
+    ids = list(prompt["input_ids"])
+    with torch.inference_mode():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False)
+    expected = out[0, len(ids) :].tolist()
+    ours = list(itertools.islice(fast.tokens(ids), len(expected)))
+    assert len(expected) >= 5 and ours == expected
 
 
 @pytest.mark.slow

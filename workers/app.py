@@ -29,13 +29,14 @@ def _warm_up(**_: Any) -> None:
     """Load the default embedder once per pool process, after the fork, before any task."""
     if MODEL_QUEUES & set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(",")):
         from pgrag.inference.embedding import load_embedder
-        from pgrag.inference.weights import share_cpu_threads
+        from pgrag.inference.weights import pick_device, share_cpu_threads
         from pgrag.runtime.settings import get_settings
 
         settings = get_settings()
-        embedder = load_embedder(settings.embed_model, settings.device)
-        if embedder.device == "cpu":
+        # Before the model loads: OpenVINO takes its thread count when it compiles a model.
+        if pick_device(settings.device) == "cpu":
             share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))
+        load_embedder(settings.embed_model, settings.device)
 
 
 _sweeping = threading.Event()

@@ -207,15 +207,14 @@ def evaluate(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, ModeResult]:
     """Run every judged query in each mode over the top `chunks` chunks; metrics per mode."""
-    from pgrag.inference.embedding import load_embedder
+    from pgrag.inference.embedding import collection_embedder
     from pgrag.query.retrieval import retrieve
-    from pgrag.runtime.settings import get_settings
 
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise ValueError(f"unknown evaluation mode(s) {unknown}: use {', '.join(MODES)}")
     ids = list(data.queries)
-    embedder = load_embedder(collection.model, get_settings().device)
+    embedder = collection_embedder(collection)
     vectors = embedder.encode([data.queries[q] for q in ids])
     results: dict[str, ModeResult] = {}
     for mode in modes:

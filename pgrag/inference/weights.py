@@ -58,6 +58,37 @@ def pick_device(setting: str = "") -> str:
     return setting
 
 
+# A backend names the runtime and the precision that compute a model: vectors of one
+# collection all come from one of these (see `pgrag.inference.embedding.collection_embedder`).
+BACKENDS = ("torch-fp16", "torch-fp32", "openvino-bf16", "openvino-fp32")
+# Settings that resolve to one of them on a device. "torch" is also what collections
+# embedded before the backend was recorded hold: torch at the device's precision, as then.
+BACKEND_SETTINGS = ("auto", "torch", "openvino", *BACKENDS)
+
+
+def pick_backend(setting: str, device: str) -> str:
+    """The backend of an inference-backend setting on a torch `device`.
+
+    "auto" (or ""): torch in fp16 on CUDA, unchanged; OpenVINO on a CPU. "torch": fp16 on
+    CUDA, fp32 elsewhere. "openvino": bf16 where the CPU computes it natively, else fp32.
+    """
+    setting = setting.strip() or "auto"
+    if setting not in BACKEND_SETTINGS:
+        raise ValueError(
+            f"unknown inference backend {setting!r}: use one of {', '.join(BACKEND_SETTINGS)}"
+        )
+    on_gpu = device.startswith("cuda")
+    if setting == "auto":
+        setting = "torch" if on_gpu else "openvino"
+    if setting == "torch":
+        return "torch-fp16" if on_gpu else "torch-fp32"
+    if setting == "openvino":
+        from pgrag.inference.openvino import best_precision
+
+        return f"openvino-{best_precision()}"
+    return setting
+
+
 def share_cpu_threads(processes: int) -> None:
     """Give this process its share of the CPU cores when `processes` model processes run
     side by side: torch starts one thread per core in each, and two processes each running

@@ -18,15 +18,14 @@ import numpy as np
 import psycopg
 from psycopg.types.json import Jsonb
 
-from pgrag.inference.embedding import Embedder, load_embedder
+from pgrag.inference.embedding import Embedder, collection_embedder
 from pgrag.ingest import jobs
 from pgrag.ingest.chunking import Chunk, chunk_text, chunk_texts, embed_input
 from pgrag.ingest.pipeline import claim_finalize
 from pgrag.runtime import db
-from pgrag.runtime.settings import get_settings
 from pgrag.store import lexical
 from pgrag.store.analyzer import analyzer
-from pgrag.store.collections import get_collection_by_id
+from pgrag.store.collections import get_collection_by_id, record_backend
 from pgrag.store.schema import Collection
 
 COPY_CHUNKS = (
@@ -182,7 +181,11 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
         conn.commit()
         if not docs:
             return
-        embedder = load_embedder(collection.model, get_settings().device)
+        embedder = collection_embedder(collection)
+        if collection.embed_backend is None:
+            # Its first vectors: record their backend. Another task may have recorded its
+            # own first; then that one is the collection's.
+            embedder = collection_embedder(record_backend(collection, embedder.backend))
         loads, inputs, errors = [], [], []
         for doc, chunks in zip(docs, _chunk_documents(collection, embedder, docs), strict=True):
             if isinstance(chunks, Exception):

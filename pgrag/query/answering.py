@@ -266,14 +266,14 @@ def _generate(
     started: float,
 ) -> str:
     """The answer, streamed as grouped `token` events while it is generated."""
-    from pgrag.inference.embedding import load_embedder
+    from pgrag.inference.embedding import collection_embedder
 
     settings = get_settings()
     request = Request(
         question,
         passages,
         deadline=time.monotonic() + settings.generate_timeout_s,
-        embed=load_embedder(collection.model, settings.device).encode,  # for extractive
+        embed=collection_embedder(collection).encode,  # for extractive
         question_vector=vector,
     )
     tokens = streaming.TokenBuffer(lambda text: streaming.publish(key, "token", {"text": text}))

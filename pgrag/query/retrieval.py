@@ -202,10 +202,9 @@ def retrieve(
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
     # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
-    from pgrag.inference.embedding import load_embedder
+    from pgrag.inference.embedding import collection_embedder
 
-    embedder = load_embedder(collection.model, get_settings().device)
-    return embedder.encode([text])[0]
+    return collection_embedder(collection).encode([text])[0]
 
 
 def search(

@@ -64,7 +64,8 @@ def create_collection(
         raise ValueError(f"bad collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-'")
     settings = get_settings()
     model = model or settings.embed_model
-    embedder = load_embedder(model, settings.device)
+    # Only its sizes are needed here: the collection's backend is chosen by its first vectors.
+    embedder = load_embedder(model, settings.device, backend="torch")
     # Two special tokens ([CLS], [SEP]) always go around a chunk.
     longest = embedder.max_seq_length - 2
     chunk_size = min(chunk_size or settings.chunk_size, longest)
@@ -99,6 +100,20 @@ def set_fusion(name: str, fusion: Fusion | None) -> Fusion:
             (Jsonb(value) if value else None, collection.id),
         )
     return Fusion.from_json(value)
+
+
+def record_backend(collection: Collection, backend: str) -> Collection:
+    """`collection` with `backend` recorded as that of its vectors, unless it records one
+    already: the first stored vectors decide, once (concurrent embed tasks agree here)."""
+    if collection.embed_backend is None:
+        with db.connect() as conn:
+            row = conn.execute(
+                "UPDATE pgrag.collections SET embed_backend = coalesce(embed_backend, %s)"
+                " WHERE id = %s RETURNING embed_backend",
+                (backend, collection.id),
+            ).fetchone()
+        collection.embed_backend = row[0] if row else backend
+    return collection
 
 
 def drop_collection(name: str) -> None:

@@ -38,6 +38,8 @@ class Collection(Base):
     hnsw_m: Mapped[int] = mapped_column(default=16)
     hnsw_ef_construction: Mapped[int] = mapped_column(default=64)
     fusion: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # None: pgrag.query.fusion.DEFAULT
+    # Runtime and precision of its vectors (pgrag.inference.weights.BACKENDS); None: no vectors yet.
+    embed_backend: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(server_default="now()")
 
     @property

@@ -1,0 +1,202 @@
+"""OpenVINO: the CPU runtime of the encoders (embedder and cross-encoder).
+
+A sentence-transformers model (a `SentenceTransformer` or a `CrossEncoder`) is converted
+once from its loaded weights into OpenVINO IR (`openvino.convert_model`, traced on a small
+example batch) and saved under `<state_dir>/models/openvino/<name>-<output>-<key>/`, with
+the SHA-256 of each file in `SHA256SUMS` beside them. A later load checks those sums and
+rebuilds a cache that does not match them (a truncated or corrupt file is never compiled).
+The key hashes the weights themselves, the output and the OpenVINO version, so new weights
+or a new OpenVINO get a new export. Nothing is downloaded.
+
+The model then keeps its tokenizer and its pre- and post-processing (sorting, pooling in
+the exported graph, activation), and only its forward pass runs in OpenVINO.
+
+Precision: on a CPU with native bfloat16 (AMX or AVX512-BF16) OpenVINO computes in bf16,
+its own default there; elsewhere in fp32. Measured on a 2-core Xeon with AMX (all-MiniLM-L6-v2,
+chunks of 100-170 words): bf16 about 3.5x torch fp32, cosine to the fp32 vectors >= 0.99997;
+int8 dynamic quantization (onnxruntime, per-channel MatMul weights) was slower than bf16 and
+kept a cosine of only 0.991-0.995, so it is not offered. See docs/cpu.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openvino as ov
+import torch
+
+from pgrag.runtime.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+SUMS = "SHA256SUMS"
+# Precisions a model may be compiled at, by the name a collection records.
+PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+_EXAMPLE = ["A short example sentence.", "Another, slightly longer example sentence for tracing."]
+
+
+@cache
+def _core() -> ov.Core:
+    return ov.Core()
+
+
+def best_precision() -> str:
+    """bf16 when this CPU computes it natively, else fp32."""
+    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32"
+
+
+class _Traced(torch.nn.Module):
+    """The model's forward pass on positional tensors (what the tracer feeds), returning one
+    output of its feature dict."""
+
+    def __init__(self, model: torch.nn.Module, names: list[str], output: str) -> None:
+        super().__init__()
+        self.model, self.names, self.output = model, names, output
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        return self.model(dict(zip(self.names, tensors, strict=True)))[self.output]
+
+
+def _example_features(model: Any) -> dict[str, torch.Tensor]:
+    is_pairs = hasattr(model, "activation_fn")  # a CrossEncoder scores pairs of texts
+    batch = [(_EXAMPLE[0], _EXAMPLE[1]), (_EXAMPLE[1], _EXAMPLE[0])] if is_pairs else _EXAMPLE
+    features = model.preprocess(batch)
+    return {k: v for k, v in features.items() if isinstance(v, torch.Tensor)}
+
+
+def _fingerprint(model: torch.nn.Module) -> str:
+    """A digest of the model's weights (names, shapes and values): about 0.1 s for a small
+    BERT, and right whatever folder or hub cache the weights were read from."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(
+            tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        )
+    return digest.hexdigest()
+
+
+def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
+    """Where the IR of a model called `name` (a hub id or a path) is kept: one folder per
+    kind of export, weights (`fingerprint`) and OpenVINO version."""
+    key = hashlib.sha256(f"{fingerprint} {kind} {ov.__version__}".encode()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
+    return get_settings().state_dir / "models" / "openvino" / f"{label}-{kind}-{key}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _intact(folder: Path) -> bool:
+    """Whether every file listed in the folder's SHA256SUMS is there with that checksum."""
+    try:
+        sums = dict(line.split("  ", 1)[::-1] for line in (folder / SUMS).read_text().splitlines())
+        return bool(sums) and all(_sha256(folder / name) == sha for name, sha in sums.items())
+    except (OSError, ValueError):
+        return False
+
+
+_exporting = threading.Lock()
+
+
+def cached(target: Path, build: Callable[[Path], None]) -> Path:
+    """`target`, a folder that `build(folder)` fills with files, checked against its
+    SHA256SUMS; built again (atomically, with new sums) when it is missing or a file does
+    not match."""
+    with _exporting:
+        if _intact(target):
+            return target
+        if target.exists():
+            log.warning("rebuilding %s: a file does not match its checksum", target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+        try:
+            build(tmp)
+            files = sorted(p.name for p in tmp.iterdir())
+            (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
+            shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
+            # Another process may have won the race: then its copy stays.
+            with contextlib.suppress(OSError):
+                tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def compile_model(path: Path, precision: str) -> ov.CompiledModel:
+    """`path` compiled for this CPU at `precision` ("bf16" or "fp32"), with this process's
+    share of the cores (`pgrag.inference.weights.share_cpu_threads`)."""
+    return _core().compile_model(
+        path,
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+            "INFERENCE_NUM_THREADS": torch.get_num_threads(),
+        },
+    )
+
+
+def compiled_precision(compiled: ov.CompiledModel) -> str:
+    """The precision a compiled model computes at: "bf16" or "fp32"."""
+    hint = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
+    return "bf16" if "bf16" in hint or "bfloat16" in hint else "fp32"
+
+
+def _export(model: Any, output: str, folder: Path) -> None:
+    """Convert `model`'s forward pass, returning `output`, into `folder`/model.xml."""
+    features = _example_features(model)
+    names = list(features)
+    # The tracer warns of the Python branches it freezes: they hold for any batch here
+    # (padding and pooling do not depend on the values traced).
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        converted = ov.convert_model(
+            _Traced(model, names, output), example_input=tuple(features.values())
+        )
+    for port, name in zip(converted.inputs, names, strict=True):
+        port.get_tensor().set_names({name})
+    # fp32 weights on disk: the precision is chosen when the model is compiled.
+    ov.save_model(converted, folder / "model.xml", compress_to_fp16=False)
+
+
+def ir_path(model: Any, name: str, output: str) -> Path:
+    """The checked IR of `model` (called `name`), exported when it is missing or does not
+    match its checksums."""
+    target = cache_dir(name, output, _fingerprint(model))
+    return cached(target, lambda folder: _export(model, output, folder)) / "model.xml"
+
+
+def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
+    """Run `model`'s forward pass in OpenVINO from now on; returns the precision it runs at.
+
+    `output` is the key of the model's feature dict that callers read ("sentence_embedding"
+    for a SentenceTransformer, "scores" for a CrossEncoder); only it is computed.
+    """
+    compiled = compile_model(ir_path(model, name, output), precision)
+    names = [port.get_any_name() for port in compiled.inputs]
+
+    def forward(features: dict[str, Any], **_: Any) -> dict[str, torch.Tensor]:
+        # One infer request per call: callers in several threads never share one.
+        request = compiled.create_infer_request()
+        request.infer({n: np.ascontiguousarray(features[n].numpy()) for n in names})
+        return {output: torch.from_numpy(request.get_output_tensor(0).data.copy())}
+
+    model.forward = forward  # the model's own pre- and post-processing stay in use
+    return compiled_precision(compiled)

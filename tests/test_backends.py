@@ -1,0 +1,202 @@
+"""Inference backends: the choice from device and settings, the OpenVINO export and its cache,
+and a collection that keeps the backend of its vectors (real PostgreSQL, Redis and workers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from pgrag.inference.embedding import BackendMismatch, collection_embedder, load_embedder
+from pgrag.inference.openvino import SUMS, best_precision, ir_path
+from pgrag.inference.rerank import load_reranker, rerank_scores
+from pgrag.inference.weights import pick_backend, resolve_model
+from pgrag.ingest import jobs, pipeline
+from pgrag.query.retrieval import embed_query, search
+from pgrag.runtime import db
+from pgrag.runtime.settings import DEFAULT_EMBED_MODEL, get_settings
+from pgrag.store.collections import create_collection, get_collection
+from pgrag.store.schema import Collection
+from tests.conftest import Worker, sample_text
+
+TEXTS = ["Backups are kept for thirty days.", "Keys rotate every ninety days.", "Hello."]
+OPENVINO = f"openvino-{best_precision()}"
+
+
+@pytest.fixture
+def backend_setting(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Lets a test set PGRAG_INFERENCE_BACKEND; the settings are read again after it."""
+    get_settings.cache_clear()
+    yield
+    monkeypatch.delenv("PGRAG_INFERENCE_BACKEND", raising=False)
+    get_settings.cache_clear()
+
+
+def set_backend(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("PGRAG_INFERENCE_BACKEND", value)
+    get_settings.cache_clear()
+
+
+def test_pick_backend() -> None:
+    assert pick_backend("", "cpu") == pick_backend("auto", "cpu") == OPENVINO
+    assert pick_backend("auto", "cuda") == "torch-fp16"  # the GPU path, unchanged
+    assert pick_backend("torch", "cuda:1") == "torch-fp16"
+    assert pick_backend("torch", "cpu") == "torch-fp32"
+    assert pick_backend("openvino", "cuda") == OPENVINO  # OpenVINO runs on the CPU
+    assert pick_backend("openvino-fp32", "cpu") == "openvino-fp32"
+    with pytest.raises(ValueError, match="unknown inference backend 'onnx'"):
+        pick_backend("onnx", "cpu")
+
+
+def test_openvino_embedder_matches_torch(backend_setting: None) -> None:
+    fast = load_embedder(DEFAULT_EMBED_MODEL, "cpu")  # auto on a CPU
+    torch_ = load_embedder(DEFAULT_EMBED_MODEL, "cpu", "torch")
+    assert (fast.backend, torch_.backend) == (OPENVINO, "torch-fp32")
+    a, b = fast.encode(TEXTS), torch_.encode(TEXTS)
+    assert a.shape == b.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+    assert (a * b).sum(axis=1).min() > 0.9995
+
+
+class Passage:
+    """What the reranker reads of a passage."""
+
+    def __init__(self, title: str | None, text: str) -> None:
+        self.title, self.text = title, text
+
+
+def test_openvino_reranker_matches_torch(tiny_cross_encoder: str) -> None:
+    fast = load_reranker(tiny_cross_encoder, "cpu", "openvino")
+    torch_ = load_reranker(tiny_cross_encoder, "cpu", "torch")
+    passages = [Passage(None, t) for t in TEXTS]
+    a = rerank_scores("how long are backups kept", passages, model=fast)
+    b = rerank_scores("how long are backups kept", passages, model=torch_)
+    np.testing.assert_allclose(a, b, atol=0.01)
+
+
+@pytest.fixture(scope="module")
+def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A real CrossEncoder from the packaged MiniLM weights (an untrained head)."""
+    from sentence_transformers import CrossEncoder
+
+    path = tmp_path_factory.mktemp("reranker") / "model"
+    CrossEncoder(resolve_model(DEFAULT_EMBED_MODEL), num_labels=1, device="cpu").save(str(path))
+    return str(path)
+
+
+def test_export_is_cached_and_a_corrupt_copy_rebuilt(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_setting: None
+) -> None:
+    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    model = SentenceTransformer(resolve_model(DEFAULT_EMBED_MODEL), device="cpu").eval()
+    xml = ir_path(model, DEFAULT_EMBED_MODEL, "sentence_embedding")
+    assert xml.is_relative_to(tmp_path / "models" / "openvino")
+    sums = xml.parent / SUMS
+    assert sorted(line.split()[1] for line in sums.read_text().splitlines()) == [
+        "model.bin",
+        "model.xml",
+    ]
+    stamp = (xml.parent / "model.bin").stat().st_mtime_ns
+
+    assert ir_path(model, DEFAULT_EMBED_MODEL, "sentence_embedding") == xml  # reused
+    assert (xml.parent / "model.bin").stat().st_mtime_ns == stamp
+
+    weights = xml.parent / "model.bin"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped byte in the middle of the weights
+    weights.write_bytes(bytes(data))
+    assert ir_path(model, DEFAULT_EMBED_MODEL, "sentence_embedding") == xml
+    assert weights.read_bytes() != bytes(data)  # exported again, not trusted
+    sums.unlink()  # no checksums: rebuilt too
+    assert ir_path(model, DEFAULT_EMBED_MODEL, "sentence_embedding") == xml
+    assert sums.is_file()
+
+
+def test_collection_embedder_keeps_the_recorded_backend(
+    monkeypatch: pytest.MonkeyPatch, backend_setting: None
+) -> None:
+    kb = Collection(name="kb", model=DEFAULT_EMBED_MODEL, embed_backend="torch-fp32")
+    assert collection_embedder(kb).backend == "torch-fp32"  # auto follows the collection
+    legacy = Collection(name="old", model=DEFAULT_EMBED_MODEL, embed_backend="torch")
+    assert collection_embedder(legacy).backend == "torch-fp32"  # torch at the CPU's precision
+    empty = Collection(name="new", model=DEFAULT_EMBED_MODEL, embed_backend=None)
+    assert collection_embedder(empty).backend == OPENVINO  # the setting decides
+
+    set_backend(monkeypatch, "torch")
+    assert collection_embedder(kb).backend == "torch-fp32"  # the same one, said explicitly
+    set_backend(monkeypatch, "openvino")
+    with pytest.raises(BackendMismatch, match=r"'kb' was embedded with the torch-fp32 backend"):
+        collection_embedder(kb)
+
+
+# End to end: real services and workers.
+
+
+def write_source(path: Path, first: int, n: int) -> Path:
+    rows = ({"id": f"d{i}", "text": sample_text(i, 40)} for i in range(first, first + n))
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def wait_done(job_id: int) -> jobs.Job:
+    deadline = time.monotonic() + 240
+    while not (job := jobs.get_job(job_id)).finished:
+        assert time.monotonic() < deadline, f"job {job_id} still {job.state}"
+        time.sleep(0.2)
+    return job
+
+
+@pytest.mark.slow
+def test_a_collection_keeps_its_backend(
+    own_broker: None,
+    tmp_path: Path,
+    collection_name: str,
+    monkeypatch: pytest.MonkeyPatch,
+    backend_setting: None,
+) -> None:
+    """Embedded by a worker set to torch-fp32, the collection records it; a query process on
+    auto embeds its questions with torch-fp32 too; a worker or a query process set to another
+    backend is refused with a message that says why."""
+    create_collection(collection_name)
+    assert get_collection(collection_name).embed_backend is None
+    home = Path(os.environ["PGRAG_HOME"])
+    worker = Worker(home, "ingest,embed", "torch-worker", {"PGRAG_INFERENCE_BACKEND": "torch-fp32"})
+    try:
+        first = pipeline.submit(write_source(tmp_path / "a.jsonl", 0, 6), collection_name)
+        job = wait_done(first.id)
+        assert job.state == "done", job.error
+        collection = get_collection(collection_name)
+        assert collection.embed_backend == "torch-fp32"
+
+        # This process is on auto (OpenVINO on a CPU), yet embeds the collection's queries
+        # with torch-fp32, as its vectors were.
+        question = sample_text(3, 40)
+        reference = load_embedder(DEFAULT_EMBED_MODEL, "cpu", "torch").encode([question])[0]
+        np.testing.assert_allclose(embed_query(collection, question), reference, atol=1e-6)
+        assert search(question, collection_name, k=1, mode="dense")[0].external_id == "d3"
+
+        # A collection whose first vectors came from another backend: the worker refuses.
+        with db.connect() as conn:
+            conn.execute(
+                "UPDATE pgrag.collections SET embed_backend = 'openvino-fp32' WHERE id = %s",
+                (collection.id,),
+            )
+        more = pipeline.submit(write_source(tmp_path / "b.jsonl", 6, 2), collection_name)
+        job = wait_done(more.id)
+    finally:
+        worker.stop()
+    assert job.state == "failed"
+    assert "was embedded with the openvino-fp32 backend" in (job.error or "")
+    assert "PGRAG_INFERENCE_BACKEND=torch-fp32" in (job.error or "")
+
+    set_backend(monkeypatch, "torch")
+    with pytest.raises(BackendMismatch, match="unset it"):
+        search(question, collection_name, k=1)
