@@ -266,6 +266,8 @@ WITH essential AS MATERIALIZED (
     SELECT e.chunk_id, e.score FROM essential e, bar WHERE e.score + %(rest_bound)s >= bar.floor
 ), rest AS (
     SELECT * FROM unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
+), way AS (  -- counted once, for both branches
+    SELECT count(*) <= %(max_forward)s AS forward FROM candidates
 ), scored AS (
     SELECT chunk_id, sum(score) AS score
     FROM (
@@ -278,13 +280,13 @@ WITH essential AS MATERIALIZED (
             unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
             AS u(lexeme, tf)
         JOIN rest t USING (lexeme)
-        WHERE %(rest_bound)s > 0 AND (SELECT count(*) FROM candidates) <= %(max_forward)s
+        WHERE %(rest_bound)s > 0 AND (SELECT forward FROM way)
         UNION ALL
         SELECT u.chunk_id, t.weight * {TF.format(tf="u.tf", len="u.len")}
         FROM rest t
         JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
         CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
-        WHERE %(rest_bound)s > 0 AND (SELECT count(*) FROM candidates) > %(max_forward)s
+        WHERE %(rest_bound)s > 0 AND NOT (SELECT forward FROM way)
           AND u.chunk_id IN (SELECT chunk_id FROM candidates)
     ) parts
     GROUP BY chunk_id
@@ -380,8 +382,7 @@ def bm25_recall(
     sql, params = bm25_sql(filters)
     params |= c | {"n": n, "k1": k1, "b": b, "avgdl": avgdl}
 
-    def run(essential: Sequence[Term], rest: Sequence[Term]) -> list[tuple[Any, ...]]:
-        bound = sum(t.weight for t in rest) * (k1 + 1)
+    def run(essential: Sequence[Term], rest: Sequence[Term], bound: float) -> list[tuple[Any, ...]]:
         return conn.execute(
             sql,
             params
@@ -397,7 +398,8 @@ def bm25_recall(
 
     # Filters apply after scoring, so the bar of the pruned pass would not hold for them.
     essential, rest = split_terms(terms, n, long_list) if not filters else (terms, [])
-    rows = run(essential, rest)
-    if rest and (len(rows) < n or rows[-1][-1] <= sum(t.weight for t in rest) * (k1 + 1)):
-        rows = run(terms, [])  # a chunk holding only skipped lexemes may belong in the top n
+    bound = sum(t.weight for t in rest) * (k1 + 1)  # the most the skipped lexemes add
+    rows = run(essential, rest, bound)
+    if rest and (len(rows) < n or rows[-1][-1] <= bound):
+        rows = run(terms, [], 0.0)  # a chunk holding only skipped lexemes may belong in the top n
     return rows
