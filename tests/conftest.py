@@ -10,6 +10,7 @@ import itertools
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -122,6 +123,15 @@ class Worker:
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready: {self.log.read_text()[-3000:]}")
 
+    def owners(self) -> list[str]:
+        """Its processes as lease owners (`pgrag.runtime.work.owner`): main and pool children."""
+        host = socket.gethostname()
+        return [
+            f"{host}:{stat.parent.name}"
+            for stat in Path("/proc").glob("[0-9]*/stat")
+            if _process_group(stat) == self.proc.pid
+        ]
+
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children) at once."""
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -149,6 +159,13 @@ class Worker:
                 self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+def _process_group(stat: Path) -> int | None:
+    try:  # the fields after the command name, which may itself hold spaces or parentheses
+        return int(stat.read_text().rsplit(")", 1)[1].split()[2])
+    except (OSError, IndexError, ValueError):  # the process ended meanwhile
+        return None
 
 
 @pytest.fixture(scope="session")

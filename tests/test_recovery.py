@@ -58,11 +58,13 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
         time.sleep(0.05)
 
 
-def running_embed_work(job_id: int) -> bool:
+def running_embed_work(job_id: int, worker: Worker) -> bool:
+    """Whether `worker` holds the lease of one of the job's embed batches."""
     with db.connect() as conn:
         row = conn.execute(
-            "SELECT count(*) FROM pgrag.work WHERE job_id = %s AND task = %s AND state = 'running'",
-            (job_id, queue.EMBED_DOCUMENTS),
+            "SELECT count(*) FROM pgrag.work WHERE job_id = %s AND task = %s"
+            " AND state = 'running' AND owner = ANY(%s)",
+            (job_id, queue.EMBED_DOCUMENTS, worker.owners()),
         ).fetchone()
     return bool(row and row[0])
 
@@ -107,7 +109,7 @@ def test_killed_embed_worker_costs_a_lease_not_an_hour(
     others = [Worker(home, "embed", "rec-survivor", ENV)] if survivor else []
     try:
         job = pipeline.submit(source, collection_name)
-        wait_until(lambda: running_embed_work(job.id), 120, "an embed batch in flight")
+        wait_until(lambda: running_embed_work(job.id, doomed), 120, "a batch in flight there")
         doomed.kill()
         killed = time.monotonic()
         if not survivor:
