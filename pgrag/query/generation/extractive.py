@@ -2,12 +2,14 @@
 
 Every sentence of the given passages is scored by its cosine similarity to the question
 (with the collection's embedder, when the request carries it) plus the share of the
-question's content words it contains, with a small preference for better-ranked passages.
+question's content words it contains, each word weighted by how few of the sentences say it,
+with a small preference for better-ranked passages.
 The best few are the answer, each followed by the [n] of its passage.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Iterator
@@ -103,13 +105,21 @@ class ExtractiveGenerator:
             yield "The passages found contain no sentence to answer with."
             return
         question_words = content_words(request.question)
-        for c in candidates:
-            said = question_words & content_words(c.text)
+        said_by = [content_words(c.text) for c in candidates]
+        # A question word that many of the candidates say (the topic) tells them apart less
+        # than a rare one: each counts by its inverse frequency among the candidates.
+        weight = {
+            w: math.log(1 + len(candidates) / (1 + sum(w in ws for ws in said_by)))
+            for w in question_words
+        }
+        total = sum(weight.values()) or 1.0
+        for c, theirs in zip(candidates, said_by, strict=True):
+            said = question_words & theirs
             # What the sentence before says of the question often holds for this one too
             # ("The exchange opened in 1817. ... It was re-established in April 1991.").
             context = question_words & content_words(c.before) - said
-            shared = len(said) + CONTEXT_WEIGHT * len(context)
-            c.score = shared / max(len(question_words), 1) - RANK_PENALTY * (c.n - 1)
+            shared = sum(weight[w] for w in said) + CONTEXT_WEIGHT * sum(weight[w] for w in context)
+            c.score = shared / total - RANK_PENALTY * (c.n - 1)
             if c.text[0].islower():
                 c.score -= FRAGMENT_PENALTY  # the tail of a sentence cut by a chunk boundary
             if holds_kind(request.question, c.text):
