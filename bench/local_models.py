@@ -67,8 +67,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
 
+    from pgrag.inference.openvino_lm import OpenVINOLM
     from pgrag.inference.weights import pick_backend
-    from pgrag.query.generation import Request
+    from pgrag.query.generation import GeneratorError, Request
     from pgrag.query.generation.local import LocalGenerator
     from pgrag.runtime.settings import get_settings
 
@@ -78,9 +79,14 @@ def main() -> None:
     for m, gen in gens.items():
         gen.backend = pick_backend(args.backend, gen.device)
         started = time.perf_counter()
-        gen.load()
+        _, model = gen.load()
         runs[m]["load_s"] = time.perf_counter() - started
-        runs[m]["backend"] = gen.backend
+        # The backend it runs in: a model that OpenVINO cannot export runs with torch.
+        runs[m]["backend"] = (
+            gen.backend
+            if isinstance(model, OpenVINOLM)
+            else f"torch-{str(model.dtype).removeprefix('torch.')}"
+        )
     timeout = get_settings().generate_timeout_s
     for question, docs in prompts(args.folder, args.prompts):
         for m, gen in gens.items():
@@ -88,10 +94,15 @@ def main() -> None:
             request = Request(question, docs, time.monotonic() + timeout)
             first = 0.0
             pieces: list[str] = []
-            for piece in gen.stream(request):
-                first = first or time.perf_counter()
-                pieces.append(piece)
+            failed = ""
+            try:
+                for piece in gen.stream(request):
+                    first = first or time.perf_counter()
+                    pieces.append(piece)
+            except GeneratorError as e:  # a timeout: its tokens so far still count
+                failed = str(e)
             end = time.perf_counter()
+            first = first or end
             answer = "".join(pieces)
             tokens = gen.count_tokens(answer)
             runs[m]["answers"].append(
@@ -99,6 +110,7 @@ def main() -> None:
                     "question": question,
                     "answer": answer,
                     "tokens": tokens,
+                    "failed": failed,
                     "first_token_s": first - started,
                     "decode_tokens_per_s": (tokens - 1) / (end - first) if tokens > 1 else 0.0,
                 }
@@ -111,6 +123,7 @@ def main() -> None:
             "first_token_s_p50": statistics.median(x["first_token_s"] for x in a),
             "decode_tokens_per_s_p50": statistics.median(x["decode_tokens_per_s"] for x in a),
             "answer_tokens_p50": statistics.median(x["tokens"] for x in a),
+            "failed": sum(bool(x["failed"]) for x in a),
         }
         s = run["summary"]
         rows.append(
@@ -122,6 +135,7 @@ def main() -> None:
                 s["answer_tokens_p50"],
                 f"{s['first_token_s_p50']:.2f}",
                 f"{s['decode_tokens_per_s_p50']:.1f}",
+                s["failed"],
             ]
         )
     print_table(
@@ -135,6 +149,7 @@ def main() -> None:
             "answer tokens p50",
             "first token s p50",
             "decode tokens/s p50",
+            "failed",
         ],
     )
     write_json(args.out or default_out("local-models"), "local_models", {"runs": runs})
