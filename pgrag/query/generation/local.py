@@ -99,16 +99,12 @@ def packaged_gguf(name: str) -> Iterator[Path | None]:
     if path.is_file():
         yield path
         return
-    assemble = getattr(importlib.import_module(entry.package), "assemble", None)
-    if assemble is None:
-        yield None
-        return
     parent = cache_dir(name).parent
     parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=parent, prefix=".gguf-") as tmp:
-        try:
-            path = Path(assemble(Path(tmp) / entry.file))
-        except (ImportError, OSError) as e:  # a chunk package is missing
+        try:  # the package's own assemble(): it joins its installed chunk packages' files
+            path = Path(importlib.import_module(entry.package).assemble(Path(tmp) / entry.file))
+        except (AttributeError, ImportError, OSError, ValueError) as e:
             log.warning("cannot assemble %s from %s: %s", entry.file, entry.package, e)
             yield None
             return
