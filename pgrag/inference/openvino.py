@@ -28,7 +28,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,8 @@ def cached(target: Path, build: Callable[[Path], None]) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
-            build(tmp)
+            with _root_logger_kept():
+                build(tmp)
             files = sorted(p.name for p in tmp.iterdir())
             (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
             shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
@@ -138,6 +139,19 @@ def cached(target: Path, build: Callable[[Path], None]) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _root_logger_kept() -> Iterator[None]:
+    """Restores the root logger's level, handlers and filters: `openvino.convert_model` sets
+    it to ERROR (and may add its own handler), which hid every later warning of the process."""
+    root = logging.getLogger()
+    level, handlers, filters = root.level, list(root.handlers), list(root.filters)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+        root.handlers, root.filters = handlers, filters
 
 
 def compile_model(path: Path, precision: str) -> ov.CompiledModel:

