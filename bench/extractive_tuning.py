@@ -1,0 +1,129 @@
+"""The extractive answer in-process, for tuning it: every question of a QA set in seconds.
+
+    python bench/extractive_tuning.py --folder ../shared/data/xquad-en [--half tune|check|all]
+        [--k 5] [--set KEEP_RATIO=0.6 --set MAX_SENTENCES=3]
+
+No services: the corpus's paragraphs are ranked for each question by the collection's
+default embedder alone (dense, top `--k`), and `ExtractiveGenerator` answers from them with
+every sentence's vector computed once. Answers are scored as `qa_eval.py` scores them (gold
+answer inside, token F1, words, and the short answer's token F1). Questions are split by
+article (the number before the dash of a paragraph id): even articles to tune (`tune`), odd
+ones to check that a change holds (`check`). `--set NAME=VALUE` overrides a module constant
+of `pgrag.query.generation.extractive` for the run, to compare settings before changing one.
+
+The figures differ from the pipeline's (`qa_eval.py`: hybrid retrieval through the query
+worker, 200 questions), but a change that helps here helps there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import default_out, print_table, write_json
+from pgrag.evaluation.answers import contains, load_answers, strip_citations, token_f1
+from pgrag.evaluation.ranking import load_beir
+from pgrag.inference.embedding import load_embedder
+from pgrag.query.generation import Request, extractive
+from pgrag.query.generation.spans import concise
+from pgrag.runtime.settings import get_settings
+
+
+@dataclass(frozen=True)
+class Paragraph:
+    external_id: str
+    title: str | None
+    text: str
+
+
+def override(assignments: list[str]) -> dict[str, Any]:
+    """Set the extractive module's constants NAME=VALUE (typed as the constant is)."""
+    done: dict[str, Any] = {}
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        current = getattr(extractive, name)  # AttributeError: no such constant
+        done[name] = type(current)(value)
+        setattr(extractive, name, done[name])
+    return done
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--folder", type=Path, required=True, help="BEIR-layout QA folder")
+    parser.add_argument("--half", choices=("tune", "check", "all"), default="tune")
+    parser.add_argument("--k", type=int, default=5, help="paragraphs given to the generator")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    settings = override(args.set)
+
+    data = load_beir(args.folder)
+    golds = load_answers(args.folder)
+    with (data.folder / "corpus.jsonl").open() as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    paragraphs = [Paragraph(str(r["_id"]), r.get("title"), r["text"]) for r in rows]
+
+    def wanted(query_id: str) -> bool:
+        article = int(next(iter(data.qrels[query_id])).split("-")[0])
+        return args.half == "all" or (article % 2 == 0) == (args.half == "tune")
+
+    questions = sorted(q for q in data.queries if wanted(q))
+
+    embedder = load_embedder(get_settings().embed_model, "cpu", "torch")
+    vectors: dict[str, np.ndarray] = {}
+
+    def embed(texts: Any) -> np.ndarray:
+        new = [t for t in dict.fromkeys(texts) if t not in vectors]
+        if new:
+            vectors.update(zip(new, embedder.encode(new), strict=True))
+        return np.stack([vectors[t] for t in texts])
+
+    started = time.perf_counter()
+    embed([s for p in paragraphs for s in extractive.sentences(p.text)])
+    documents = embed([f"{p.title}\n{p.text}" if p.title else p.text for p in paragraphs])
+    generator = extractive.ExtractiveGenerator()
+    scores: dict[str, list[float]] = {"contains": [], "f1": [], "words": [], "short_f1": []}
+    for q in questions:
+        question = data.queries[q]
+        vector = embed([question])[0]
+        best = np.argsort(-(documents @ vector))[: args.k]
+        request = Request(
+            question, [paragraphs[i] for i in best], time.monotonic() + 60, embed, vector
+        )
+        answer = "".join(generator.stream(request))
+        text = strip_citations(answer)
+        scores["contains"].append(float(contains(text, golds[q])))
+        scores["f1"].append(token_f1(text, golds[q]))
+        scores["words"].append(float(len(text.split())))
+        scores["short_f1"].append(token_f1(strip_citations(concise(question, answer)), golds[q]))
+
+    results = {
+        "folder": str(data.folder),
+        "half": args.half,
+        "k": args.k,
+        "settings": settings,
+        "questions": len(questions),
+        "seconds": time.perf_counter() - started,
+        **{name: float(np.mean(values)) for name, values in scores.items()},
+    }
+    print_table(
+        f"{data.folder.name}, {args.half} half, dense top {args.k}, extractive"
+        + (f" with {settings}" if settings else ""),
+        [[len(questions), *(results[n] for n in ("contains", "f1", "words", "short_f1"))]],
+        ["questions", "gold in answer", "token F1", "words (mean)", "short answer F1"],
+    )
+    path = write_json(args.out or default_out("extractive-tuning"), "extractive_tuning", results)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
