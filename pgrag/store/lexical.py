@@ -246,6 +246,10 @@ WHERE collection_id = %(c)s AND lexeme = ANY(%(lexemes)s) GROUP BY lexeme
 """
 
 TF = "{tf} * (%(k1)s + 1) / ({tf} + %(k1)s * (1 - %(b)s + %(b)s * {len} / %(avgdl)s))"
+# A chunk's (lexeme, tf) pairs, from its forward row f.
+FORWARD = (
+    "unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[]) AS u(lexeme, tf)"
+)
 
 # The essential lexemes' posting lists are scored in full, and the rest (long lists of common
 # lexemes) only for the candidates: chunks whose partial score plus the most the rest can add
@@ -270,9 +274,7 @@ WITH essential AS MATERIALIZED (
            min(l.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0) AS score
     FROM (SELECT * FROM essential WHERE %(rest_bound)s > 0 ORDER BY score DESC LIMIT %(n)s) l
     JOIN pgrag.chunk_lexemes f ON f.chunk_id = l.chunk_id
-    CROSS JOIN LATERAL
-        unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
-        AS u(lexeme, tf)
+    CROSS JOIN LATERAL {FORWARD}
     LEFT JOIN rest t USING (lexeme)
     GROUP BY l.chunk_id
 ), bar AS (  -- n chunks score at least this much: the n-th best whole score is no lower
@@ -288,9 +290,7 @@ WITH essential AS MATERIALIZED (
         SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="u.tf", len="f.len")} AS part
         FROM candidates x
         JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
-        CROSS JOIN LATERAL
-            unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[])
-            AS u(lexeme, tf)
+        CROSS JOIN LATERAL {FORWARD}
         JOIN rest t USING (lexeme)
         WHERE %(rest_bound)s > 0 AND (SELECT forward FROM way)
         UNION ALL
