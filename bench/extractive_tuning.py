@@ -5,8 +5,9 @@
 
 No services: the corpus's paragraphs are ranked for each question by the collection's
 default embedder alone (dense, top `--k`), and `ExtractiveGenerator` answers from them with
-every sentence's vector computed once. Answers are scored as `qa_eval.py` scores them (gold
-answer inside, token F1, words, and the short answer's token F1). Questions are split by
+every sentence's vector computed once. Answers are scored as `qa_eval.py` scores them
+(`score_answer`: gold answer inside, token F1, citations of the gold paragraph, words, for
+the answer and for its short answer). Questions are split by
 article (the number before the dash of a paragraph id): even articles to tune (`tune`), odd
 ones to check that a change holds (`check`). `--set NAME=VALUE` overrides a module constant
 of `pgrag.query.generation.extractive` for the run, to compare settings before changing one.
@@ -21,7 +22,7 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,20 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import default_out, print_table, write_json
-from pgrag.evaluation.answers import contains, load_answers, strip_citations, token_f1
+from pgrag.evaluation.answers import load_answers, score_answer
 from pgrag.evaluation.ranking import load_beir
 from pgrag.inference.embedding import load_embedder
+from pgrag.query.answering import cite
 from pgrag.query.generation import Request, extractive
 from pgrag.query.generation.spans import concise
 from pgrag.runtime.settings import get_settings
+
+METRICS = {  # score_answer's fields, as the table heads them
+    "contains": "gold in answer",
+    "f1": "token F1",
+    "cites_gold": "cites gold",
+    "words": "words (mean)",
+}
 
 
 @dataclass(frozen=True)
@@ -91,20 +100,20 @@ def main() -> None:
     embed([s for p in paragraphs for s in extractive.sentences(p.text)])
     documents = embed([f"{p.title}\n{p.text}" if p.title else p.text for p in paragraphs])
     generator = extractive.ExtractiveGenerator()
-    scores: dict[str, list[float]] = {"contains": [], "f1": [], "words": [], "short_f1": []}
+    scored: dict[str, list[dict[str, float]]] = {"answer": [], "short_answer": []}
     for q in questions:
         question = data.queries[q]
         vector = embed([question])[0]
-        best = np.argsort(-(documents @ vector))[: args.k]
-        request = Request(
-            question, [paragraphs[i] for i in best], time.monotonic() + 60, embed, vector
-        )
+        given = [paragraphs[i] for i in np.argsort(-(documents @ vector))[: args.k]]
+        request = Request(question, given, time.monotonic() + 60, embed, vector)
         answer = "".join(generator.stream(request))
-        text = strip_citations(answer)
-        scores["contains"].append(float(contains(text, golds[q])))
-        scores["f1"].append(token_f1(text, golds[q]))
-        scores["words"].append(float(len(text.split())))
-        scores["short_f1"].append(token_f1(strip_citations(concise(question, answer)), golds[q]))
+        numbered = [  # as the query worker numbers its passages (no chunk rows here)
+            {"n": n, "chunk_id": None, "document_id": None, **asdict(p)}
+            for n, p in enumerate(given, 1)
+        ]
+        cited = [c["external_id"] for c in cite(answer, numbered)]
+        for form, text in (("answer", answer), ("short_answer", concise(question, answer))):
+            scored[form].append(score_answer(text, golds[q], cited, data.qrels[q]))
 
     results = {
         "folder": str(data.folder),
@@ -113,13 +122,16 @@ def main() -> None:
         "settings": settings,
         "questions": len(questions),
         "seconds": time.perf_counter() - started,
-        **{name: float(np.mean(values)) for name, values in scores.items()},
+        **{
+            form: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
+            for form, rows in scored.items()
+        },
     }
     print_table(
         f"{data.folder.name}, {args.half} half, dense top {args.k}, extractive"
         + (f" with {settings}" if settings else ""),
-        [[len(questions), *(results[n] for n in ("contains", "f1", "words", "short_f1"))]],
-        ["questions", "gold in answer", "token F1", "words (mean)", "short answer F1"],
+        [[form, len(questions), *(results[form][m] for m in METRICS)] for form in scored],
+        ["answer", "questions", *METRICS.values()],
     )
     path = write_json(args.out or default_out("extractive-tuning"), "extractive_tuning", results)
     print(f"\nwrote {path}")
