@@ -257,16 +257,18 @@ def search_latency(collection_name: str, queries: list[str]) -> dict[str, Any]:
             differ += [r[0] for r in full] != [r[0] for r in pruned]
     out["lexical, every list"] = percentiles(times)
     out["pruning changed"] = differ
+    # The source repeats each text (and so its vector) about 190 times at a million chunks:
+    # an ANN hit counts when it is as near as the exact 10th, whichever copy it is.
     hits = 0
     with db.connect() as conn:
         for v in vectors:
             with conn.transaction():
                 indexing.set_search_params(conn, 10)
-                ann = {r[0] for r in conn.execute(dense_sql(collection), dense_params(v, 10))}
+                ann = [r[-1] for r in conn.execute(dense_sql(collection), dense_params(v, 10))]
             with conn.transaction():
                 conn.execute("SET LOCAL enable_indexscan = off")
-                exact = {r[0] for r in conn.execute(dense_sql(collection), dense_params(v, 10))}
-            hits += len(ann & exact)
+                exact = [r[-1] for r in conn.execute(dense_sql(collection), dense_params(v, 10))]
+            hits += sum(d <= exact[-1] + 1e-6 for d in ann)
     out["recall@10"] = hits / (10 * len(vectors))
     return out
 

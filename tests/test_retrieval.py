@@ -18,19 +18,21 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
+import psycopg
 import pytest
 
 from pgrag.ingest import pipeline
 from pgrag.ingest.jobs import get_job
 from pgrag.query.retrieval import Passage, dense_params, dense_sql, embed_query, retrieve
 from pgrag.runtime import db
-from pgrag.store import indexing
+from pgrag.store import indexing, lexical
 from pgrag.store.analyzer import Analyzer
 from pgrag.store.collections import get_collection
 from pgrag.store.filters import parse_filter, parse_filters
-from pgrag.store.lexical import K1, B, Term, bm25_recall, split_terms
+from pgrag.store.lexical import K1, B, Term, bm25_recall, probe_size, rest_bounds
 from pgrag.store.schema import Collection
 from tests.conftest import stored_chunk_lexemes
 
@@ -232,16 +234,19 @@ def test_bm25_equals_brute_force(corpus: Collection) -> None:
 
 
 @pytest.mark.parametrize("k", [1, 5, 20])
-def test_pruned_bm25_equals_brute_force(corpus: Collection, k: int) -> None:
+def test_pruned_bm25_equals_brute_force(
+    corpus: Collection, k: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With every posting list counted as long, the common lexemes' lists are skipped
-    wherever the rest decides the top k (a pass that turns out not to is run again in full):
-    the same chunks and scores as scoring everything."""
+    wherever the probe's floor allows: the same chunks and scores as scoring everything."""
     queries = [
         *QUERIES[:-1],
         "flow meters of the plants",  # common words only
         "Ingrid services the flow meters",  # one rare word among common ones
         "ZT-4417 pump pump valve",  # a lexeme twice in the query
     ]
+    monkeypatch.setattr(lexical, "PROBE_ENTRIES", 0)  # the rarest list alone sets the floor
+    skipped = 0
     with db.connect() as conn:
         for query in queries:
             expected = brute_force_bm25(corpus, query)
@@ -249,20 +254,52 @@ def test_pruned_bm25_equals_brute_force(corpus: Collection, k: int) -> None:
             rows = bm25_recall(conn, corpus.id, corpus.text_config, query, k, long_list=0)
             assert [r[0] for r in rows] == [c for c, _ in best], query
             np.testing.assert_allclose([r[-1] for r in rows], [s for _, s in best], rtol=1e-9)
+            skipped += lists_skipped(conn, corpus, query, k)
+    assert skipped > 0  # the pruning ran, not only the full scoring
 
 
-def test_split_terms_skips_long_common_lists_only_while_safe() -> None:
-    """MaxScore's split: the longest lists go while they can add at most a quarter of the
-    best score and the essential lists still hold k entries."""
+def lists_skipped(conn: psycopg.Connection, corpus: Collection, query: str, k: int) -> int:
+    """How many posting lists the BM25 statement skipped for `query` (its rest CTE's rows,
+    from EXPLAIN ANALYZE)."""
+    statement = lexical.bm25_statement(conn, corpus.id, corpus.text_config, query, k, long_list=0)
+    assert statement is not None
+    sql, params = statement
+    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0]
+
+    def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        yield node
+        for child in node.get("Plans", []):
+            yield from nodes(child)
+
+    return sum(
+        int(node["Actual Rows"])
+        for node in nodes(plan[0]["Plan"])
+        if node.get("Subplan Name") == "CTE rest"
+    )
+
+
+def test_probe_takes_the_rarest_lists_up_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     rare, mid, common = Term("rare", 50, 8.0), Term("mid", 6000, 1.5), Term("common", 9000, 1.0)
-    assert split_terms([common, rare, mid], 10) == ([rare], [common, mid])
-    assert split_terms([common, rare, mid], 100) == ([rare, mid], [common])  # 50 < 100 entries
-    assert split_terms([common, rare, mid], 10, long_list=7000) == ([rare, mid], [common])
-    assert split_terms([common, rare, mid], 10, long_list=10_000) == ([rare, mid, common], [])
-    alone = Term("alone", 9000, 1.0)
-    assert split_terms([alone], 10, long_list=0) == ([alone], [])
-    heavy = Term("heavy", 9000, 9.0)  # could add more than a quarter: always scored in full
-    assert split_terms([heavy, rare], 10, long_list=0) == ([rare, heavy], [])
+    monkeypatch.setattr(lexical, "PROBE_ENTRIES", 10_000)
+    assert probe_size([rare, mid, common], 10) == 2  # 6,050 entries
+    assert probe_size([common], 10) == 1  # always one
+    monkeypatch.setattr(lexical, "PROBE_ENTRIES", 100)
+    assert probe_size([rare, mid, common], 10) == 1
+    assert probe_size([rare, mid, common], 60) == 2  # 50 entries do not make 60 chunks
+
+
+def test_rest_bounds_cover_the_longest_lists_only_while_safe() -> None:
+    """MaxScore's candidates for skipping: the longest lists, each with the most that it and
+    every longer list add (weight * (k1 + 1) each), while the lists left hold k entries."""
+    rare, mid, common = Term("rare", 50, 8.0), Term("mid", 6000, 1.5), Term("common", 9000, 1.0)
+    terms = [rare, mid, common]
+    both = 1.0 * (K1 + 1) + 1.5 * (K1 + 1)
+    assert rest_bounds(terms, 10, 1) == [None, both, 1.0 * (K1 + 1)]
+    assert rest_bounds(terms, 100, 1) == [None, None, 1.0 * (K1 + 1)]  # 50 < 100 entries
+    assert rest_bounds(terms, 10, 1, long_list=7000) == [None, None, 1.0 * (K1 + 1)]
+    assert rest_bounds(terms, 10, 1, long_list=10_000) == [None, None, None]
+    assert rest_bounds(terms, 10, 2) == [None, None, 1.0 * (K1 + 1)]  # probed: scored
+    assert rest_bounds([common], 10, 0, long_list=0) == [None]  # one list: no other to score
 
 
 # ---------------------------------------------------------------------------- fusion

@@ -297,7 +297,9 @@ def finalize_job(job_id: int) -> None:
                 conn.execute("DELETE FROM pgrag.documents WHERE id = ANY(%s)", (missing,))
                 jobs.bump(conn, job_id, docs_deleted=len(missing))
         with db.connect() as conn:
-            lexical.index_pending(conn, collection.id)
+            indexed = lexical.index_pending(conn, collection.id)
+        if indexed:  # new posting rows: their df is read from the index alone once all-visible
+            lock_conn.execute("VACUUM (PROCESS_TOAST FALSE) pgrag.postings")
         indexing.build_index(lock_conn, collection)
         lock_conn.execute("ANALYZE pgrag.chunks")
         lock_conn.execute(

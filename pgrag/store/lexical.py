@@ -35,11 +35,14 @@ A query is analysed the same way. A chunk matching any lexeme scores (OR semanti
     bm25_tf(t) = tf * (k1 + 1) / (tf + k1 * (1 - b + b * len / avgdl))
 
 with k1 = 0.9, b = 0.4 (Anserini's defaults) and qtf the lexeme's count in the query. Each
-query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix. The
-long lists of common lexemes are not read when the rest of the query decides the top n
-(MaxScore): a chunk's score from them is at most qtf * idf * (k1 + 1) each; the n best chunks
-by the other lexemes, made whole from their forward rows, set the bar; and only the chunks
-that could still clear it get the skipped lexemes' terms.
+query lexeme's rows are read through the primary key's (collection_id, lexeme) prefix, and
+its df from the same index alone (df is a column of the key). The long lists of common
+lexemes are not read when the rarer ones decide the top n (MaxScore): a chunk's score from
+them is at most qtf * idf * (k1 + 1) each. The rarest lexemes' short lists are scored first
+(the probe), and their n best chunks, made whole from their forward rows, give a floor that
+the top n reach; the longest lists that together add well under that floor are skipped;
+the rest are scored in full; and only the chunks that could still clear the bar get the
+skipped lexemes' terms. One statement does it all (BM25 below).
 """
 
 from __future__ import annotations
@@ -251,55 +254,118 @@ FORWARD = (
     "unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[]) AS u(lexeme, tf)"
 )
 
-# The essential lexemes' posting lists are scored in full, and the rest (long lists of common
-# lexemes) only for the candidates: chunks whose partial score plus the most the rest can add
-# reaches the bar, the n-th best whole score of the n best partial ones. A few candidates get
-# the rest's terms from their forward rows; many, from the rest's posting lists, kept to the
-# candidates (one branch runs, the other's condition is false). Only the candidates holding a
-# skipped lexeme are summed again; every other one keeps its partial score, so of those only
-# the best few are looked at (`keep`: n, or NULL, which keeps all, when filters decide later
-# which chunks count). {join} and {where} are empty, or a join of the chunks and the
-# conditions from filters.where_sql, whose values are all parameters.
+# A posting list shorter than this is scored in full: skipping it saves little.
+LONG_LIST = 5000
+# The probe: the rarest lexemes' lists, up to this many entries, set the floor.
+PROBE_ENTRIES = 20_000
+# The most of the floor that skipped lists may add (below 1, so that a chunk holding only
+# skipped lexemes is never in the top n): more skips more lists, but lets more candidates
+# through. What a chunk's forward row costs, in posting entries scored: candidates get the
+# skipped lexemes' terms from their forward rows while that is cheaper than the skipped lists.
+# All three measured on a million SciFact chunks and 200 queries (bench/pipeline.py).
+REST_SHARE = 0.8
+FORWARD_COST = 5
+# A statement's hash tables (a chunk's partial score each) stay in memory up to this, instead
+# of PostgreSQL's default 4MB: at a million chunks a query's common lexemes reach 100,000
+# chunks, and a spilled table cost about a tenth of the time.
+WORK_MEM = "64MB"
+
+# The query's lexemes are `terms`, rarest first. The probe lexemes (the first %(probe)s: the
+# rarest, with short lists) are scored first; the n best chunks by them, made whole from their
+# forward rows, give the floor, a score that n chunks reach. Then MaxScore: the longest lists
+# (of common lexemes) that together add at most REST_SHARE of the floor are the rest, skipped;
+# their terms' rest_bound, given by the caller, is the most that they and every longer list
+# can add to a chunk's score. Every other list is scored in full (essential), and the rest only
+# for the candidates: chunks whose partial score plus the rest's bound reaches the bar, the
+# greater of the floor and the n-th best whole score of the n best partial ones. A chunk
+# holding only skipped lexemes scores at most that bound, below the floor: never in the top n.
+# A few candidates get the rest's terms from their forward rows (a substring test first: most
+# hold none); many, from the rest's posting lists, kept to the candidates (one branch runs,
+# the other's condition is false). Only the candidates holding a skipped lexeme are summed
+# again; every other one keeps its partial score, so of those only the best few are looked at
+# (`keep`: n, or NULL, which keeps all, when filters decide later which chunks count). {join}
+# and {where} are empty, or a join of the chunks and the conditions from filters.where_sql,
+# whose values are all parameters.
 BM25 = f"""
-WITH essential AS MATERIALIZED (
+WITH terms AS MATERIALIZED (
+    SELECT * FROM unnest(%(lexemes)s::text[], %(weights)s::float8[], %(dfs)s::float8[],
+                         %(rest_bounds)s::float8[])
+    WITH ORDINALITY AS t(lexeme, weight, df, rest_bound, ord)
+), probed AS MATERIALIZED (
     SELECT u.chunk_id, sum(t.weight * {TF.format(tf="u.tf", len="u.len")}) AS score
-    FROM unnest(%(lexemes)s::text[], %(weights)s::float8[]) AS t(lexeme, weight)
+    FROM terms t
     JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
     CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+    WHERE t.ord <= %(probe)s
     GROUP BY u.chunk_id
-), rest AS (
-    SELECT * FROM unnest(%(rest)s::text[], %(rest_weights)s::float8[]) AS t(lexeme, weight)
+), floor AS (
+    SELECT CASE WHEN count(*) = %(n)s THEN min(score) ELSE 0 END AS score
+    FROM (
+        SELECT x.chunk_id,
+               min(x.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0)
+               AS score
+        FROM (SELECT * FROM probed ORDER BY score DESC LIMIT %(n)s) x
+        JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
+        CROSS JOIN LATERAL {FORWARD}
+        LEFT JOIN terms t ON t.lexeme = u.lexeme AND t.ord > %(probe)s
+        GROUP BY x.chunk_id
+    ) whole
+), rest AS MATERIALIZED (
+    SELECT t.lexeme, t.weight, t.df, t.rest_bound FROM terms t, floor
+    WHERE t.rest_bound <= {REST_SHARE} * floor.score
+), bound AS (
+    SELECT coalesce(max(rest_bound), 0) AS score, coalesce(sum(df), 0) AS entries FROM rest
+), essential AS MATERIALIZED (
+    SELECT chunk_id, sum(score) AS score
+    FROM (
+        SELECT chunk_id, score FROM probed
+        UNION ALL
+        SELECT u.chunk_id, t.weight * {TF.format(tf="u.tf", len="u.len")}
+        FROM terms t
+        JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
+        CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+        WHERE t.ord > %(probe)s AND t.lexeme NOT IN (SELECT lexeme FROM rest)
+    ) parts
+    GROUP BY chunk_id
 ), leaders AS MATERIALIZED (  -- the n best partial scores, made whole from the forward rows
     SELECT l.chunk_id,
            min(l.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0) AS score
-    FROM (SELECT * FROM essential WHERE %(rest_bound)s > 0 ORDER BY score DESC LIMIT %(n)s) l
+    FROM (SELECT * FROM essential WHERE (SELECT score FROM bound) > 0
+          ORDER BY score DESC LIMIT %(n)s) l
     JOIN pgrag.chunk_lexemes f ON f.chunk_id = l.chunk_id
     CROSS JOIN LATERAL {FORWARD}
     LEFT JOIN rest t USING (lexeme)
     GROUP BY l.chunk_id
-), bar AS (  -- n chunks score at least this much: the n-th best whole score is no lower
-    SELECT CASE WHEN %(rest_bound)s > 0 AND count(*) = %(n)s THEN min(score) ELSE 0 END AS floor
-    FROM leaders
+), bar AS (  -- n chunks score at least this much
+    SELECT greatest(
+        (SELECT score FROM floor),
+        (SELECT CASE WHEN count(*) = %(n)s THEN min(score) ELSE 0 END FROM leaders)
+    ) AS score
 ), candidates AS MATERIALIZED (
-    SELECT e.chunk_id, e.score FROM essential e, bar WHERE e.score + %(rest_bound)s >= bar.floor
+    SELECT e.chunk_id, e.score FROM essential e, bar, bound
+    WHERE bound.score = 0 OR e.score + bound.score >= bar.score
 ), way AS (  -- counted once, for both branches
-    SELECT count(*) <= %(max_forward)s AS forward FROM candidates
+    SELECT (SELECT count(*) FROM candidates) <= entries / {FORWARD_COST} AS forward FROM bound
 ), completed AS MATERIALIZED (
     SELECT chunk_id, min(score) + sum(part) AS score
     FROM (
-        SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="u.tf", len="f.len")} AS part
+        SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="v.tf", len="f.len")} AS part
         FROM candidates x
         JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
-        CROSS JOIN LATERAL {FORWARD}
-        JOIN rest t USING (lexeme)
-        WHERE %(rest_bound)s > 0 AND (SELECT forward FROM way)
+        JOIN rest t ON strpos(' ' || f.lexemes || ' ', ' ' || t.lexeme || ' ') > 0
+        CROSS JOIN LATERAL (
+            SELECT (string_to_array(f.tfs, ' '))[
+                array_position(string_to_array(f.lexemes, ' '), t.lexeme)]::int AS tf
+            OFFSET 0
+        ) v
+        WHERE (SELECT forward FROM way)
         UNION ALL
         SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="u.tf", len="u.len")}
         FROM rest t
         JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
         CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
         JOIN candidates x ON x.chunk_id = u.chunk_id
-        WHERE %(rest_bound)s > 0 AND NOT (SELECT forward FROM way)
+        WHERE NOT (SELECT forward FROM way)
     ) parts
     GROUP BY chunk_id
 ), scored AS (  -- a completed candidate's partial score is below its whole one: max keeps it
@@ -325,21 +391,6 @@ JOIN pgrag.documents d ON d.id = c.document_id
 ORDER BY round(top.score * 1e9) DESC, top.chunk_id
 """
 
-# A posting list shorter than this is scored in full: skipping it saves little, and risks
-# a second pass.
-LONG_LIST = 5000
-# The most of the best possible score that skipped lexemes may add: more skips more lists,
-# but lets more chunks through the bar. What a chunk's forward row costs, in posting entries
-# scored: candidates get the skipped lexemes' terms from their forward rows while that is
-# cheaper than the skipped lists. Both measured on 300,000 SciFact chunks and 200 queries:
-# p50 26 ms, p95 87 ms, against 111 / 238 ms scoring every list (1/2: 42 / 251 ms).
-REST_SHARE = 0.25
-FORWARD_COST = 50
-# A statement's hash tables (a chunk's partial score each) stay in memory up to this, instead
-# of PostgreSQL's default 4MB: at a million chunks a query's common lexemes reach 100,000
-# chunks, and a spilled table cost about a tenth of the time.
-WORK_MEM = "64MB"
-
 
 @dataclass(frozen=True)
 class Term:
@@ -348,23 +399,31 @@ class Term:
     weight: float  # qtf * idf: the most it adds to a score is weight * (k1 + 1)
 
 
-def split_terms(
-    terms: Sequence[Term], n: int, long_list: int = LONG_LIST
-) -> tuple[list[Term], list[Term]]:
-    """(essential, rest): MaxScore's split of the query's lexemes. The longest posting lists
-    (of at least `long_list` entries) go to `rest` while their lexemes together can add at
-    most REST_SHARE of the best possible score and the essential lists still hold n entries."""
-    essential = sorted(terms, key=lambda t: (t.df, t.lexeme))  # longest list last
-    rest: list[Term] = []
-    total = sum(t.weight for t in terms)
-    while len(essential) > 1 and essential[-1].df >= long_list:
-        longest = essential[-1]
-        if sum(t.weight for t in rest) + longest.weight > total * REST_SHARE:
+def probe_size(terms: Sequence[Term], n: int) -> int:
+    """How many of `terms` (rarest first) the probe scores: the rarest, while their lists
+    hold at most PROBE_ENTRIES entries, and at least one, and at least n entries if it can."""
+    size, entries = 0, 0.0
+    for t in terms:
+        if size and entries + t.df > PROBE_ENTRIES and entries >= n:
             break
-        if sum(t.df for t in essential[:-1]) < n:
+        size, entries = size + 1, entries + t.df
+    return size
+
+
+def rest_bounds(
+    terms: Sequence[Term], n: int, probe: int, long_list: int = LONG_LIST, k1: float = K1
+) -> list[float | None]:
+    """For each of `terms` (rarest first), the most that it and every longer list can add to
+    a score if they are skipped; None where a list is never skipped: short (under `long_list`
+    entries), probed, or needed for the lists scored to hold n entries."""
+    bounds: list[float | None] = [None] * len(terms)
+    added = 0.0
+    for i in range(len(terms) - 1, probe - 1, -1):  # longest list first
+        if terms[i].df < long_list or sum(t.df for t in terms[:i]) < n:
             break
-        rest.append(essential.pop())
-    return essential, rest
+        added += terms[i].weight * (k1 + 1)
+        bounds[i] = added
+    return bounds
 
 
 def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
@@ -372,6 +431,53 @@ def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
     where, params = where_sql(filters, "c.metadata")
     join = "JOIN pgrag.chunks c ON c.id = s.chunk_id" if filters else ""
     return BM25.format(join=join, where=where), params
+
+
+def bm25_statement(
+    conn: psycopg.Connection,
+    collection_id: int,
+    text_config: str,
+    query: str,
+    n: int,
+    filters: Sequence[Filter] = (),
+    *,
+    k1: float = K1,
+    b: float = B,
+    long_list: int = LONG_LIST,
+) -> tuple[str, dict[str, Any]] | None:
+    """The BM25 statement for `query` and its parameters (`bm25_recall`); None when the
+    query has no lexeme of the collection."""
+    qtfs = analyzer(text_config).lexemes(query)
+    if not qtfs:
+        return None
+    c = {"c": collection_id}
+    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
+    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
+    terms = sorted(
+        (
+            Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
+            for lexeme, df in dfs.items()
+        ),
+        key=lambda t: (t.df, t.lexeme),
+    )
+    if not terms:
+        return None
+    # Filters apply after scoring: with them, the probe's floor would not hold.
+    probe = 0 if filters else probe_size(terms, n)
+    bounds = [None] * len(terms) if filters else rest_bounds(terms, n, probe, long_list, k1)
+    sql, params = bm25_sql(filters)
+    return sql, params | c | {
+        "n": n,
+        "keep": None if filters else n,
+        "k1": k1,
+        "b": b,
+        "avgdl": avgdl,
+        "lexemes": [t.lexeme for t in terms],
+        "weights": [t.weight for t in terms],
+        "dfs": [t.df for t in terms],
+        "rest_bounds": bounds,
+        "probe": probe,
+    }
 
 
 def bm25_recall(
@@ -390,44 +496,12 @@ def bm25_recall(
     external id, title, text, ord, metadata, score). A query with no lexeme (only stop
     words, say) gives no rows.
 
-    Exact, with pruning: the long lists of common lexemes are skipped when the rest of the
-    query decides the top n (`split_terms`); when it turns out not to (the n-th score is not
-    above what the skipped lexemes could add alone), the query runs again in full."""
-    qtfs = analyzer(text_config).lexemes(query)
-    if not qtfs:
+    Exact, with pruning: the long lists of common lexemes are skipped where the rarer ones
+    decide the top n. With filters every list is scored."""
+    statement = bm25_statement(
+        conn, collection_id, text_config, query, n, filters, k1=k1, b=b, long_list=long_list
+    )
+    if statement is None:
         return []
-    c = {"c": collection_id}
-    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
-    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
-    terms = [
-        Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
-        for lexeme, df in sorted(dfs.items())
-    ]
-    if not terms:
-        return []
-    sql, params = bm25_sql(filters)
     conn.execute("SELECT set_config('work_mem', %s, true)", (WORK_MEM,))  # this transaction
-    keep = None if filters else n
-    params |= c | {"n": n, "keep": keep, "k1": k1, "b": b, "avgdl": avgdl}
-
-    def run(essential: Sequence[Term], rest: Sequence[Term], bound: float) -> list[tuple[Any, ...]]:
-        return conn.execute(
-            sql,
-            params
-            | {
-                "lexemes": [t.lexeme for t in essential],
-                "weights": [t.weight for t in essential],
-                "rest": [t.lexeme for t in rest],
-                "rest_weights": [t.weight for t in rest],
-                "rest_bound": bound,
-                "max_forward": sum(t.df for t in rest) / FORWARD_COST,
-            },
-        ).fetchall()
-
-    # Filters apply after scoring, so the bar of the pruned pass would not hold for them.
-    essential, rest = split_terms(terms, n, long_list) if not filters else (terms, [])
-    bound = sum(t.weight for t in rest) * (k1 + 1)  # the most the skipped lexemes add
-    rows = run(essential, rest, bound)
-    if rest and (len(rows) < n or rows[-1][-1] <= bound):
-        rows = run(terms, [], 0.0)  # a chunk holding only skipped lexemes may belong in the top n
-    return rows
+    return conn.execute(*statement).fetchall()
