@@ -298,7 +298,9 @@ def finalize_job(job_id: int) -> None:
                 jobs.bump(conn, job_id, docs_deleted=len(missing))
         with db.connect() as conn:
             indexed = lexical.index_pending(conn, collection.id)
-        if indexed:  # new posting rows: their df is read from the index alone once all-visible
+        # Queries read df from the postings' key alone where pages are all-visible: after a
+        # bulk load, mark them now rather than when autovacuum comes (small jobs leave it to it).
+        if indexed >= lexical.BLOCK_CHUNKS:
             lock_conn.execute("VACUUM (PROCESS_TOAST FALSE) pgrag.postings")
         indexing.build_index(lock_conn, collection)
         lock_conn.execute("ANALYZE pgrag.chunks")

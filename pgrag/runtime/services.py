@@ -46,7 +46,36 @@ def start_postgres(settings: Settings) -> str:
     if embedded_postgres_url(settings) is None:
         # A handle this process got earlier, to a server stopped since: start it again.
         server.start()
+    if _set_shared_buffers(str(server.get_uri()), shared_buffers(settings)):
+        stop_postgres(settings)  # the setting takes effect at the next start
+        server.start()
     return str(server.get_uri())
+
+
+def shared_buffers(settings: Settings) -> str:
+    """The embedded server's shared_buffers: the setting, else a quarter of this machine's
+    memory, at most 8GB."""
+    if settings.pg_shared_buffers:
+        return settings.pg_shared_buffers
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{min(memory // 4, 8 << 30) >> 20}MB"
+
+
+def _set_shared_buffers(url: str, value: str) -> bool:
+    """Record `value` for the server's next start, unless it runs with it already; returns
+    whether it needs a restart."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        wanted, running = conn.execute(  # in whole 8kB pages, as the server keeps it
+            "SELECT pg_size_bytes(%s) / 8192 * 8192,"
+            " pg_size_bytes(current_setting('shared_buffers'))",
+            (value,),
+        ).fetchone()  # type: ignore[misc]
+        if wanted == running:
+            return False
+        conn.execute(f"ALTER SYSTEM SET shared_buffers = '{int(wanted) // 1024}kB'")
+    return True
 
 
 def stop_postgres(settings: Settings) -> bool:
