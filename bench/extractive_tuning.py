@@ -14,6 +14,10 @@ of `pgrag.query.generation.extractive` for the run, to compare settings before c
 
 The figures differ from the pipeline's (`qa_eval.py`: hybrid retrieval through the query
 worker, 200 questions), but a change that helps here helps there.
+
+The table also has the short answer's ceiling for its half: `spans.short_answer` given the
+oracle sentence (the gold paragraph's first sentence that holds a gold answer), by the kind
+of answer the question asks for: what the phrase heuristic scores when the sentence is right.
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import default_out, print_table, write_json
-from pgrag.evaluation.answers import load_answers, score_answer
+from pgrag.evaluation.answers import contains, load_answers, score_answer, token_f1
 from pgrag.evaluation.ranking import load_beir
 from pgrag.inference.embedding import load_embedder
 from pgrag.query.answering import cite
 from pgrag.query.generation import Request, extractive
-from pgrag.query.generation.spans import concise
+from pgrag.query.generation.spans import answer_kind, concise, short_answer
 from pgrag.runtime.settings import get_settings
 
 METRICS = {  # score_answer's fields, as the table heads them
@@ -115,6 +119,7 @@ def main() -> None:
         for form, text in (("answer", answer), ("short_answer", concise(question, answer))):
             scored[form].append(score_answer(text, golds[q], cited, data.qrels[q]))
 
+    oracle = oracle_short_answers(data.queries, questions, data.qrels, golds, paragraphs)
     results = {
         "folder": str(data.folder),
         "half": args.half,
@@ -126,6 +131,7 @@ def main() -> None:
             form: {m: float(np.mean([r[m] for r in rows])) for m in rows[0]}
             for form, rows in scored.items()
         },
+        "oracle_sentence_short_f1": {kind: float(np.mean(f)) for kind, f in oracle.items()},
     }
     print_table(
         f"{data.folder.name}, {args.half} half, dense top {args.k}, extractive"
@@ -133,8 +139,38 @@ def main() -> None:
         [[form, len(questions), *(results[form][m] for m in METRICS)] for form in scored],
         ["answer", "questions", *METRICS.values()],
     )
+    print_table(
+        "short answer from the oracle sentence (token F1)",
+        [[kind, len(f), float(np.mean(f))] for kind, f in oracle.items()],
+        ["kind asked", "questions", "token F1"],
+    )
     path = write_json(args.out or default_out("extractive-tuning"), "extractive_tuning", results)
     print(f"\nwrote {path}")
+
+
+def oracle_short_answers(
+    texts: dict[str, str],
+    questions: list[str],
+    qrels: dict[str, dict[str, int]],
+    golds: dict[str, list[str]],
+    paragraphs: list[Paragraph],
+) -> dict[str, list[float]]:
+    """Token F1 of `short_answer` on each question's oracle sentence, by kind and "all"
+    (questions whose gold paragraph has no sentence holding a gold answer are left out)."""
+    text_of = {p.external_id: p.text for p in paragraphs}
+    f1s: dict[str, list[float]] = {"all": []}
+    for q in questions:
+        sentences = [
+            s
+            for relevant in qrels[q]
+            for s in extractive.sentences(text_of[relevant])
+            if contains(s, golds[q])
+        ]
+        if sentences:
+            f1 = token_f1(short_answer(texts[q], sentences[0]), golds[q])
+            f1s["all"].append(f1)
+            f1s.setdefault(answer_kind(texts[q]), []).append(f1)
+    return f1s
 
 
 if __name__ == "__main__":
