@@ -246,36 +246,48 @@ def test_pruned_bm25_equals_brute_force(
         "ZT-4417 pump pump valve",  # a lexeme twice in the query
     ]
     monkeypatch.setattr(lexical, "PROBE_ENTRIES", 0)  # the rarest list alone sets the floor
-    skipped = 0
     with db.connect() as conn:
+        explaining = Explaining(conn)
         for query in queries:
             expected = brute_force_bm25(corpus, query)
             best = ranked(expected, k)
-            rows = bm25_recall(conn, corpus.id, corpus.text_config, query, k, long_list=0)
+            rows = bm25_recall(
+                explaining,  # type: ignore[arg-type]
+                corpus.id,
+                corpus.text_config,
+                query,
+                k,
+                long_list=0,
+            )
             assert [r[0] for r in rows] == [c for c, _ in best], query
             np.testing.assert_allclose([r[-1] for r in rows], [s for _, s in best], rtol=1e-9)
-            skipped += lists_skipped(conn, corpus, query, k)
-    assert skipped > 0  # the pruning ran, not only the full scoring
+    assert explaining.skipped > 0  # the pruning ran, not only the full scoring
 
 
-def lists_skipped(conn: psycopg.Connection, corpus: Collection, query: str, k: int) -> int:
-    """How many posting lists the BM25 statement skipped for `query` (its rest CTE's rows,
-    from EXPLAIN ANALYZE)."""
-    statement = lexical.bm25_statement(conn, corpus.id, corpus.text_config, query, k, long_list=0)
-    assert statement is not None
-    sql, params = statement
-    plan = conn.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0]
+class Explaining:
+    """A connection that first runs the BM25 statement under EXPLAIN ANALYZE and counts the
+    posting lists it skipped (the rows of its rest CTE)."""
 
-    def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        yield node
-        for child in node.get("Plans", []):
-            yield from nodes(child)
+    def __init__(self, conn: psycopg.Connection) -> None:
+        self.conn = conn
+        self.skipped = 0
 
-    return sum(
-        int(node["Actual Rows"])
-        for node in nodes(plan[0]["Plan"])
-        if node.get("Subplan Name") == "CTE rest"
-    )
+    def execute(self, sql: str, params: Any = None) -> psycopg.Cursor[Any]:
+        if "WITH terms AS" in sql:
+            explain = "EXPLAIN (ANALYZE, FORMAT JSON) " + sql
+            plan = self.conn.execute(explain, params).fetchone()[0]  # type: ignore[index]
+            self.skipped += sum(
+                int(node["Actual Rows"])
+                for node in nodes(plan[0]["Plan"])
+                if node.get("Subplan Name") == "CTE rest"
+            )
+        return self.conn.execute(sql, params)
+
+
+def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield node
+    for child in node.get("Plans", []):
+        yield from nodes(child)
 
 
 def test_probe_takes_the_rarest_lists_up_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:

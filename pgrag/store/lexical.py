@@ -433,53 +433,6 @@ def bm25_sql(filters: Sequence[Filter] = ()) -> tuple[str, dict[str, Any]]:
     return BM25.format(join=join, where=where), params
 
 
-def bm25_statement(
-    conn: psycopg.Connection,
-    collection_id: int,
-    text_config: str,
-    query: str,
-    n: int,
-    filters: Sequence[Filter] = (),
-    *,
-    k1: float = K1,
-    b: float = B,
-    long_list: int = LONG_LIST,
-) -> tuple[str, dict[str, Any]] | None:
-    """The BM25 statement for `query` and its parameters (`bm25_recall`); None when the
-    query has no lexeme of the collection."""
-    qtfs = analyzer(text_config).lexemes(query)
-    if not qtfs:
-        return None
-    c = {"c": collection_id}
-    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
-    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
-    terms = sorted(
-        (
-            Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
-            for lexeme, df in dfs.items()
-        ),
-        key=lambda t: (t.df, t.lexeme),
-    )
-    if not terms:
-        return None
-    # Filters apply after scoring: with them, the probe's floor would not hold.
-    probe = 0 if filters else probe_size(terms, n)
-    bounds = [None] * len(terms) if filters else rest_bounds(terms, n, probe, long_list, k1)
-    sql, params = bm25_sql(filters)
-    return sql, params | c | {
-        "n": n,
-        "keep": None if filters else n,
-        "k1": k1,
-        "b": b,
-        "avgdl": avgdl,
-        "lexemes": [t.lexeme for t in terms],
-        "weights": [t.weight for t in terms],
-        "dfs": [t.df for t in terms],
-        "rest_bounds": bounds,
-        "probe": probe,
-    }
-
-
 def bm25_recall(
     conn: psycopg.Connection,
     collection_id: int,
@@ -498,10 +451,36 @@ def bm25_recall(
 
     Exact, with pruning: the long lists of common lexemes are skipped where the rarer ones
     decide the top n. With filters every list is scored."""
-    statement = bm25_statement(
-        conn, collection_id, text_config, query, n, filters, k1=k1, b=b, long_list=long_list
-    )
-    if statement is None:
+    qtfs = analyzer(text_config).lexemes(query)
+    if not qtfs:
         return []
+    c = {"c": collection_id}
+    n_chunks, avgdl = conn.execute(STATS, c).fetchone()  # type: ignore[misc]
+    dfs: dict[str, float] = dict(conn.execute(DFS, c | {"lexemes": list(qtfs)}).fetchall())
+    terms = sorted(
+        (
+            Term(lexeme, df, qtfs[lexeme] * math.log(1 + (n_chunks - df + 0.5) / (df + 0.5)))
+            for lexeme, df in dfs.items()
+        ),
+        key=lambda t: (t.df, t.lexeme),
+    )
+    if not terms:
+        return []
+    # Filters apply after scoring: with them, the probe's floor would not hold.
+    probe = 0 if filters else probe_size(terms, n)
+    bounds = [None] * len(terms) if filters else rest_bounds(terms, n, probe, long_list, k1)
+    sql, params = bm25_sql(filters)
     conn.execute("SELECT set_config('work_mem', %s, true)", (WORK_MEM,))  # this transaction
-    return conn.execute(*statement).fetchall()
+    params |= c | {
+        "n": n,
+        "keep": None if filters else n,
+        "k1": k1,
+        "b": b,
+        "avgdl": avgdl,
+        "lexemes": [t.lexeme for t in terms],
+        "weights": [t.weight for t in terms],
+        "dfs": [t.df for t in terms],
+        "rest_bounds": bounds,
+        "probe": probe,
+    }
+    return conn.execute(sql, params).fetchall()
