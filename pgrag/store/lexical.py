@@ -253,6 +253,10 @@ TF = "{tf} * (%(k1)s + 1) / ({tf} + %(k1)s * (1 - %(b)s + %(b)s * {len} / %(avgd
 FORWARD = (
     "unnest(string_to_array(f.lexemes, ' '), string_to_array(f.tfs, ' ')::int[]) AS u(lexeme, tf)"
 )
+# The entries (chunk_id, tf, len) of the posting lists of the lexemes t.
+POSTINGS = """
+    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
+    CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)"""
 
 # A posting list shorter than this is scored in full: skipping it saves little.
 LONG_LIST = 5000
@@ -269,6 +273,21 @@ FORWARD_COST = 5
 # of PostgreSQL's default 4MB: at a million chunks a query's common lexemes reach 100,000
 # chunks, and a spilled table cost about a tenth of the time.
 WORK_MEM = "64MB"
+
+# The n-th best whole score of the n best chunks of {partial} (chunk_id, score), made whole
+# from their forward rows with the terms of {others} (lexeme, weight); 0 when fewer than n.
+NTH_WHOLE = f"""
+    SELECT CASE WHEN count(*) = %(n)s THEN min(score) ELSE 0 END AS score
+    FROM (
+        SELECT x.chunk_id,
+               min(x.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0)
+               AS score
+        FROM (SELECT * FROM {{partial}} x ORDER BY score DESC LIMIT %(n)s) x
+        JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
+        CROSS JOIN LATERAL {FORWARD}
+        LEFT JOIN {{others}} t USING (lexeme)
+        GROUP BY x.chunk_id
+    ) whole"""
 
 # The query's lexemes are `terms`, rarest first. The probe lexemes (the first %(probe)s: the
 # rarest, with short lists) are scored first; the n best chunks by them, made whole from their
@@ -293,23 +312,11 @@ WITH terms AS MATERIALIZED (
     WITH ORDINALITY AS t(lexeme, weight, df, rest_bound, ord)
 ), probed AS MATERIALIZED (
     SELECT u.chunk_id, sum(t.weight * {TF.format(tf="u.tf", len="u.len")}) AS score
-    FROM terms t
-    JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
-    CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+    FROM terms t{POSTINGS}
     WHERE t.ord <= %(probe)s
     GROUP BY u.chunk_id
 ), floor AS (
-    SELECT CASE WHEN count(*) = %(n)s THEN min(score) ELSE 0 END AS score
-    FROM (
-        SELECT x.chunk_id,
-               min(x.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0)
-               AS score
-        FROM (SELECT * FROM probed ORDER BY score DESC LIMIT %(n)s) x
-        JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
-        CROSS JOIN LATERAL {FORWARD}
-        LEFT JOIN terms t ON t.lexeme = u.lexeme AND t.ord > %(probe)s
-        GROUP BY x.chunk_id
-    ) whole
+    {NTH_WHOLE.format(partial="probed", others="(SELECT * FROM terms WHERE ord > %(probe)s)")}
 ), rest AS MATERIALIZED (
     SELECT t.lexeme, t.weight, t.df, t.rest_bound FROM terms t, floor
     WHERE t.rest_bound <= {REST_SHARE} * floor.score
@@ -321,26 +328,18 @@ WITH terms AS MATERIALIZED (
         SELECT chunk_id, score FROM probed
         UNION ALL
         SELECT u.chunk_id, t.weight * {TF.format(tf="u.tf", len="u.len")}
-        FROM terms t
-        JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
-        CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+        FROM terms t{POSTINGS}
         WHERE t.ord > %(probe)s AND t.lexeme NOT IN (SELECT lexeme FROM rest)
     ) parts
     GROUP BY chunk_id
-), leaders AS MATERIALIZED (  -- the n best partial scores, made whole from the forward rows
-    SELECT l.chunk_id,
-           min(l.score) + coalesce(sum(t.weight * {TF.format(tf="u.tf", len="f.len")}), 0) AS score
-    FROM (SELECT * FROM essential WHERE (SELECT score FROM bound) > 0
-          ORDER BY score DESC LIMIT %(n)s) l
-    JOIN pgrag.chunk_lexemes f ON f.chunk_id = l.chunk_id
-    CROSS JOIN LATERAL {FORWARD}
-    LEFT JOIN rest t USING (lexeme)
-    GROUP BY l.chunk_id
+), leaders AS (  -- only when lists are skipped: else every chunk is a candidate anyway
+    {
+    NTH_WHOLE.format(
+        partial="(SELECT * FROM essential WHERE (SELECT score FROM bound) > 0)", others="rest"
+    )
+}
 ), bar AS (  -- n chunks score at least this much
-    SELECT greatest(
-        (SELECT score FROM floor),
-        (SELECT CASE WHEN count(*) = %(n)s THEN min(score) ELSE 0 END FROM leaders)
-    ) AS score
+    SELECT greatest((SELECT score FROM floor), (SELECT score FROM leaders)) AS score
 ), candidates AS MATERIALIZED (
     SELECT e.chunk_id, e.score FROM essential e, bar, bound
     WHERE bound.score = 0 OR e.score + bound.score >= bar.score
@@ -361,9 +360,7 @@ WITH terms AS MATERIALIZED (
         WHERE (SELECT forward FROM way)
         UNION ALL
         SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="u.tf", len="u.len")}
-        FROM rest t
-        JOIN pgrag.postings p ON p.collection_id = %(c)s AND p.lexeme = t.lexeme
-        CROSS JOIN LATERAL unnest(p.chunk_ids, p.tfs, p.chunk_lens) AS u(chunk_id, tf, len)
+        FROM rest t{POSTINGS}
         JOIN candidates x ON x.chunk_id = u.chunk_id
         WHERE NOT (SELECT forward FROM way)
     ) parts
