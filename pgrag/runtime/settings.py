@@ -68,7 +68,8 @@ class Settings:
     # The embedded PostgreSQL's shared_buffers (its page cache). Empty: a quarter of the
     # machine's memory, at most 8GB, as PostgreSQL's own guidance suggests; its default of
     # 128MB left searches of a million chunks reading most pages from the kernel again
-    # (lexical p50 63 ms against 47 with 2GB). Not used with PGRAG_DATABASE_URL.
+    # (bench/pipeline.py at 1M: lexical p50 63 ms, 50 ms with a quarter of 24 GB). Not used
+    # with PGRAG_DATABASE_URL.
     pg_shared_buffers: str = ""
 
     # Recovery (pgrag/runtime/work.py): a running task renews its lease every lease_s / 3 seconds;
