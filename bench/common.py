@@ -177,6 +177,7 @@ class Worker:
         from pgrag.runtime import processes
 
         self.name = queue
+        self.concurrency = concurrency
         self.log = home.path / f"worker-{queue}-c{concurrency}.log"
         argv = processes.worker(queue, concurrency).argv
         if program:  # in place of `python -m celery`
@@ -199,13 +200,19 @@ class Worker:
         return self.proc.pid
 
     def wait_ready(self, timeout: float = 120) -> None:
+        """Until the worker consumes and, on a model queue, every pool process has loaded
+        the model (which a timed run must not include)."""
+        from workers.app import MODEL_QUEUES, WARM
+
+        warm = self.concurrency if self.name in MODEL_QUEUES else 0
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
             with open(self.log, "rb") as log:
                 log.seek(self.log_start)
-                if b"ready." in log.read():
+                text = log.read()
+                if b"ready." in text and text.count(WARM.encode()) >= warm:
                     return
             time.sleep(0.1)
         raise RuntimeError(f"worker {self.name} not ready: {self.log.read_text()[-3000:]}")

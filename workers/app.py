@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
+import time
 from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
@@ -13,8 +15,12 @@ from pgrag.runtime.queue import make_celery
 app = make_celery()
 app.conf.include = ["workers.tasks"]
 
-# Queues whose tasks embed text: their pool processes load the default model up front.
+# Queues whose tasks embed text: their pool processes load the default model up front, and
+# each logs WARM when it has (the benches wait for these lines before they time anything).
 MODEL_QUEUES = {"embed", "query"}
+WARM = "pool process warm"
+
+log = logging.getLogger(__name__)
 
 
 @celeryd_after_setup.connect
@@ -32,11 +38,15 @@ def _warm_up(**_: Any) -> None:
         from pgrag.inference.weights import pick_device, share_cpu_threads
         from pgrag.runtime.settings import get_settings
 
+        started = time.perf_counter()
         settings = get_settings()
         # Before the model loads: OpenVINO takes its thread count when it compiles a model.
         if pick_device(settings.device) == "cpu":
             share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))
         load_embedder(settings.embed_model, settings.device)
+        log.info(
+            "%s: %s loaded in %.1f s", WARM, settings.embed_model, time.perf_counter() - started
+        )
 
 
 _sweeping = threading.Event()

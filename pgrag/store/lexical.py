@@ -349,7 +349,7 @@ WITH terms AS MATERIALIZED (
     SELECT chunk_id, min(score) + sum(part) AS score
     FROM (
         SELECT x.chunk_id, x.score, t.weight * {TF.format(tf="v.tf", len="f.len")} AS part
-        FROM candidates x
+        FROM (SELECT * FROM candidates ORDER BY chunk_id) x  -- neighbours share pages
         JOIN pgrag.chunk_lexemes f ON f.chunk_id = x.chunk_id
         JOIN rest t ON strpos(' ' || f.lexemes || ' ', ' ' || t.lexeme || ' ') > 0
         CROSS JOIN LATERAL (
