@@ -298,10 +298,12 @@ def finalize_job(job_id: int) -> None:
                 jobs.bump(conn, job_id, docs_deleted=len(missing))
         with db.connect() as conn:
             indexed = lexical.index_pending(conn, collection.id)
-        # Queries read df from the postings' key alone where pages are all-visible: after a
-        # bulk load, mark them now rather than when autovacuum comes (small jobs leave it to it).
+        # After a bulk load, do now what autovacuum would do later (small jobs leave it to
+        # it): queries read df from the postings' key alone where pages are all-visible, and
+        # join forward rows by key only while the statistics know the table's size.
         if indexed >= lexical.BLOCK_CHUNKS:
             lock_conn.execute("VACUUM (PROCESS_TOAST FALSE) pgrag.postings")
+            lock_conn.execute("ANALYZE pgrag.chunk_lexemes")
         indexing.build_index(lock_conn, collection)
         lock_conn.execute("ANALYZE pgrag.chunks")
         lock_conn.execute(

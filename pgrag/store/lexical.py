@@ -76,9 +76,13 @@ WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run th
     DELETE FROM pgrag.lexical_pending p USING ids
     WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
     RETURNING p.chunk_id
-), chunks AS MATERIALIZED (
+), chunks AS MATERIALIZED (  -- each forward row by its key, per picked chunk (OFFSET 0 keeps
+    -- it so): statistics taken while the table was nearly empty made a plain join scan the
+    -- whole table once per picked chunk
     SELECT f.chunk_id, f.lexemes, f.tfs, f.len
-    FROM picked JOIN pgrag.chunk_lexemes f USING (chunk_id)
+    FROM picked CROSS JOIN LATERAL (
+        SELECT * FROM pgrag.chunk_lexemes WHERE chunk_id = picked.chunk_id OFFSET 0
+    ) f
 ), written AS (
     INSERT INTO pgrag.postings (collection_id, lexeme, block_id, chunk_ids, tfs, chunk_lens, df)
     SELECT %(c)s, p.lexeme, %(b)s, array_agg(c.chunk_id), array_agg(p.tf), array_agg(c.len),
