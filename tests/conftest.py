@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -74,6 +75,13 @@ def stored_chunk_lexemes(collection_id: int, text_config: str) -> dict[int, Coun
         ).fetchall()
     lexer = Analyzer(text_config)
     return {cid: lexer.lexemes(analysed_text(title, text)) for cid, title, text in chunks}
+
+
+def plan_nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every node of an EXPLAIN (FORMAT JSON) plan, depth first."""
+    yield node
+    for child in node.get("Plans", []):
+        yield from plan_nodes(child)
 
 
 def sweep_lock_held() -> bool:

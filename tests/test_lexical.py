@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -19,7 +18,7 @@ from pgrag.runtime import db
 from pgrag.store import lexical
 from pgrag.store.collections import get_collection
 from pgrag.store.schema import Collection
-from tests.conftest import sample_text, stored_chunk_lexemes
+from tests.conftest import plan_nodes, sample_text, stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
 
@@ -156,15 +155,6 @@ def test_four_embed_processes_on_one_collection_stay_exact(
     assert [p.external_id for p in top] == ["d3"]
 
 
-def scans(node: dict[str, Any]) -> Iterator[tuple[str, int]]:
-    """(relation or CTE name, loops) of every scan in an EXPLAIN (ANALYZE, FORMAT JSON) plan."""
-    name = node.get("Relation Name") or node.get("CTE Name")
-    if name and "Scan" in node["Node Type"]:
-        yield name, node["Actual Loops"]
-    for child in node.get("Plans", []):
-        yield from scans(child)
-
-
 def test_block_build_reads_forward_rows_by_key_whatever_the_statistics(
     worker: object, tmp_path: Path, collection_name: str, wait_job: Callable
 ) -> None:
@@ -203,7 +193,11 @@ def test_block_build_reads_forward_rows_by_key_whatever_the_statistics(
                     "EXPLAIN (ANALYZE, FORMAT JSON) " + lexical.BUILD_BLOCK,
                     c | {"b": 0, "n": lexical.BLOCK_CHUNKS},
                 ).fetchone()[0]  # type: ignore[index]
-            loops = dict(scans(plan[0]["Plan"]))
+            loops = {  # of each scan, by relation or CTE
+                node.get("Relation Name") or node.get("CTE Name"): node["Actual Loops"]
+                for node in plan_nodes(plan[0]["Plan"])
+                if "Scan" in node["Node Type"]
+            }
             assert loops["picked"] == 1, loops  # read once, each chunk's forward row by key
             assert loops["chunk_lexemes"] == job.chunks_done, loops
             assert lexical.index_pending(conn, collection.id) == job.chunks_done

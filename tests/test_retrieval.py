@@ -34,7 +34,7 @@ from pgrag.store.collections import get_collection
 from pgrag.store.filters import parse_filter, parse_filters
 from pgrag.store.lexical import K1, B, Term, bm25_recall, probe_size, rest_bounds
 from pgrag.store.schema import Collection
-from tests.conftest import stored_chunk_lexemes
+from tests.conftest import plan_nodes, stored_chunk_lexemes
 
 pytestmark = pytest.mark.slow
 
@@ -278,16 +278,10 @@ class Explaining:
             plan = self.conn.execute(explain, params).fetchone()[0]  # type: ignore[index]
             self.skipped += sum(
                 int(node["Actual Rows"])
-                for node in nodes(plan[0]["Plan"])
+                for node in plan_nodes(plan[0]["Plan"])
                 if node.get("Subplan Name") == "CTE rest"
             )
         return self.conn.execute(sql, params)
-
-
-def nodes(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield node
-    for child in node.get("Plans", []):
-        yield from nodes(child)
 
 
 def test_probe_takes_the_rarest_lists_up_to_its_budget(monkeypatch: pytest.MonkeyPatch) -> None:
