@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -191,7 +193,7 @@ def test_block_build_reads_forward_rows_by_key_whatever_the_statistics(
             with conn.transaction(force_rollback=True):  # EXPLAIN ANALYZE runs the statement
                 plan = conn.execute(
                     "EXPLAIN (ANALYZE, FORMAT JSON) " + lexical.BUILD_BLOCK,
-                    c | {"b": 0, "n": lexical.BLOCK_CHUNKS},
+                    c | {"b": 0, "n": 4096, "least": 1},
                 ).fetchone()[0]  # type: ignore[index]
             loops = {  # of each scan, by relation or CTE
                 node.get("Relation Name") or node.get("CTE Name"): node["Actual Loops"]
@@ -204,3 +206,90 @@ def test_block_build_reads_forward_rows_by_key_whatever_the_statistics(
         finally:
             conn.execute("ANALYZE pgrag.chunk_lexemes, pgrag.lexical_pending")
     assert_lexical_index_exact(collection)
+
+
+def test_whole_blocks_are_indexed_while_the_job_loads(
+    own_broker: None,
+    tmp_path: Path,
+    collection_name: str,
+    wait_job: Callable,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each time a job's loaded chunks fill a lexical block, the ingest worker builds it while
+    the job still loads; the job's end builds the rest, and the index is exact."""
+    from pgrag.ingest import jobs, loading
+    from pgrag.runtime import queue
+    from pgrag.runtime.settings import get_settings
+    from tests.conftest import Worker
+
+    home = Path(os.environ["PGRAG_HOME"])
+    env = {"PGRAG_LEXICAL_BLOCK_CHUNKS": "16", "PGRAG_INGEST_BATCH_DOCS": "8"}
+    workers = [Worker(home, "ingest", "blocks-ingest", env)]
+    try:
+        with monkeypatch.context() as m:  # this process embeds part of the job itself
+            for name, value in env.items():
+                m.setenv(name, value)
+            get_settings.cache_clear()
+            source = write_jsonl(tmp_path / "a.jsonl", [doc(i) for i in range(100)])
+            job_id = pipeline.submit(source, collection_name, create=True).id
+            batches = wait_for(lambda: embed_batches(job_id) if source_read(job_id) else None)
+            assert len(batches) == 13  # of 8 documents; no embed worker runs yet
+            for ids in batches[:5]:
+                loading.embed_documents(job_id, ids)
+        get_settings.cache_clear()
+        loaded = jobs.get_job(job_id).chunks_done
+        assert loaded >= 40
+        collection = get_collection(collection_name)
+        sizes = wait_for(lambda: (s := block_sizes(collection.id)) and len(s) == loaded // 16 and s)
+        assert sizes == [16] * (loaded // 16)  # whole blocks only
+        assert jobs.get_job(job_id).state == "running"  # 60 documents still to embed
+        with db.connect() as conn:
+            asked = conn.execute(
+                "SELECT count(*) FROM pgrag.work WHERE job_id = %s AND task = %s",
+                (job_id, queue.INDEX_BLOCKS),
+            ).fetchone()
+        assert asked == (loaded // 16,)  # once per block filled
+
+        workers.append(Worker(home, "embed", "blocks-embed", env))
+        done = wait_job(job_id)
+    finally:
+        for w in workers:
+            w.stop()
+    assert (done.state, done.docs_done) == ("done", 100)
+    assert_lexical_index_exact(collection)
+
+
+def wait_for(probe: Callable[[], object], timeout: float = 60) -> Any:
+    """Poll `probe` until it returns something true; returns that."""
+    deadline = time.monotonic() + timeout
+    while not (value := probe()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return value
+
+
+def source_read(job_id: int) -> bool:
+    from pgrag.ingest import jobs
+
+    return jobs.get_job(job_id).source_done
+
+
+def embed_batches(job_id: int) -> list[list[int]]:
+    """The document ids of each embed task queued for the job, in order."""
+    from pgrag.runtime import queue
+
+    with db.connect() as conn:
+        rows = conn.execute(
+            "SELECT args FROM pgrag.work WHERE job_id = %s AND task = %s ORDER BY id",
+            (job_id, queue.EMBED_DOCUMENTS),
+        ).fetchall()
+    return [args[1] for (args,) in rows]
+
+
+def block_sizes(collection_id: int) -> list[int]:
+    with db.connect() as conn:
+        rows = conn.execute(
+            "SELECT chunks FROM pgrag.lexical_blocks WHERE collection_id = %s ORDER BY id",
+            (collection_id,),
+        ).fetchall()
+    return [n for (n,) in rows]

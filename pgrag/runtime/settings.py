@@ -36,6 +36,9 @@ class Settings:
 
     # Ingestion.
     ingest_batch_docs: int = 128  # documents per embed task
+    # Chunks per block of the BM25 index (pgrag/store/lexical.py). Whole blocks are built
+    # while a job loads, the rest when it ends.
+    lexical_block_chunks: int = 4096
     max_document_mb: float = 20.0
 
     # Query answering.

@@ -10,10 +10,12 @@ Tables:
 
 An embed task analyses its chunks (`analyzer.py`: title and chunk text, lower-cased, stemmed,
 stop words out) while the model runs, and COPYs each chunk's lexeme counts (its forward
-index row) and a pending row beside the chunk rows: the load writes no posting row. When the
-job ends, `index_pending` turns the collection's pending chunks into blocks of up to
-BLOCK_CHUNKS chunks, one statement each: PostgreSQL groups their (lexeme, tf) pairs into one
-posting row per distinct lexeme of the block, its posting list as parallel arrays. Big blocks
+index row) and a pending row beside the chunk rows: the load writes no posting row.
+`index_pending` turns the collection's pending chunks into blocks of up to
+`lexical_block_chunks` (a setting, 4096) chunks, one statement each: PostgreSQL groups their
+(lexeme, tf) pairs into one posting row per distinct lexeme of the block, its posting list as
+parallel arrays. While a job loads, the ingest worker builds each whole block as soon as its
+chunks are in (`whole_blocks=True`); the job's last step builds the rest. Big blocks
 make few rows (a common lexeme has one row per block, not one per chunk), which keeps a bulk
 load cheap; a small job makes a small block, in time proportional to its chunks, as the
 HNSW index does.
@@ -55,19 +57,20 @@ from typing import Any
 
 import psycopg
 
+from pgrag.runtime.settings import get_settings
 from pgrag.store.analyzer import analyzer
 from pgrag.store.filters import Filter, where_sql
 
 K1 = 0.9
 B = 0.4
-BLOCK_CHUNKS = 4096  # chunks a block holds at most
 
 # Text format: lexemes are runs of word characters (no tab, newline, backslash or space), so
 # a row needs no escaping, and a chunk's pairs travel as two space-separated strings.
 COPY_LEXEMES = "COPY pgrag.chunk_lexemes (chunk_id, collection_id, lexemes, tfs, len) FROM STDIN"
 COPY_PENDING = "COPY pgrag.lexical_pending (collection_id, chunk_id) FROM STDIN"
 
-# One block of the collection's oldest pending chunks, which it takes out of lexical_pending.
+# One block of the collection's oldest pending chunks, which it takes out of lexical_pending;
+# none unless at least %(least)s are pending.
 BUILD_BLOCK = """
 WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run the LIMIT per row
     SELECT chunk_id FROM pgrag.lexical_pending WHERE collection_id = %(c)s
@@ -75,6 +78,7 @@ WITH ids AS MATERIALIZED (  -- chosen and locked once: a plan must not re-run th
 ), picked AS MATERIALIZED (
     DELETE FROM pgrag.lexical_pending p USING ids
     WHERE p.collection_id = %(c)s AND p.chunk_id = ids.chunk_id
+      AND (SELECT count(*) FROM ids) >= %(least)s
     RETURNING p.chunk_id
 ), chunks AS MATERIALIZED (  -- each forward row by its key, per picked chunk (OFFSET 0 keeps
     -- it so): statistics taken while the table was nearly empty made a plain join scan the
@@ -161,22 +165,25 @@ def stage(
         copy.write("".join(f"{c}\t{int(chunk_id)}\n" for chunk_id in chunk_ids))
 
 
-def build_block(conn: psycopg.Connection, collection_id: int) -> int:
-    """Index up to BLOCK_CHUNKS of the collection's pending chunks as one new block; returns
-    how many (0: none was pending)."""
-    block_id = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()
-    params = {"c": collection_id, "b": block_id[0], "n": BLOCK_CHUNKS}  # type: ignore[index]
+def build_block(conn: psycopg.Connection, collection_id: int, whole: bool = False) -> int:
+    """Index up to a block of the collection's pending chunks as one new block (only a whole
+    one if `whole`); returns how many (0: none, or too few, were pending)."""
+    size = get_settings().lexical_block_chunks
+    block_id = conn.execute("SELECT nextval('pgrag.lexical_blocks_id_seq')").fetchone()[0]  # type: ignore[index]
+    params = {"c": collection_id, "b": block_id, "n": size, "least": size if whole else 1}
     row = conn.execute(BUILD_BLOCK, params).fetchone()
     return row[0] if row else 0
 
 
-def index_pending(conn: psycopg.Connection, collection_id: int) -> int:
-    """Index all of the collection's pending chunks, committing block by block (a build cut
-    short keeps what it did); returns the chunks indexed."""
+def index_pending(conn: psycopg.Connection, collection_id: int, whole_blocks: bool = False) -> int:
+    """Index the collection's pending chunks, committing block by block (a build cut short
+    keeps what it did): all of them, or with `whole_blocks` only as many as fill whole
+    blocks; returns the chunks indexed."""
     indexed = 0
-    while built := build_block(conn, collection_id):
+    while built := build_block(conn, collection_id, whole_blocks):
         conn.commit()
         indexed += built
+    conn.rollback()  # the pending rows the last try locked, if too few to build
     return indexed
 
 
