@@ -246,7 +246,7 @@ def test_whole_blocks_are_indexed_while_the_job_loads(
         with db.connect() as conn:
             asked = conn.execute(
                 "SELECT count(*) FROM pgrag.work WHERE job_id = %s AND task = %s",
-                (job_id, queue.INDEX_BLOCKS),
+                (job_id, queue.INDEX_BLOCK),
             ).fetchone()
         assert asked == (loaded // 16,)  # once per block filled
 

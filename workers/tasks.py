@@ -52,11 +52,11 @@ def embed_documents(job_id: int, document_ids: list[int], work_id: int | None = 
             loading.embed_documents(job_id, document_ids)
 
 
-@app.task(name=queue.INDEX_BLOCKS, base=JobTask)
-def index_blocks(job_id: int, work_id: int | None = None) -> None:
+@app.task(name=queue.INDEX_BLOCK, base=JobTask)
+def index_block(job_id: int, work_id: int | None = None) -> None:
     with work.lease(work_id) as mine:
         if mine:
-            pipeline.index_loaded_blocks(job_id)
+            pipeline.index_loaded_block(job_id)
 
 
 @app.task(name=queue.FINALIZE_JOB, base=JobTask)

@@ -244,10 +244,10 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
         )
         jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
         fills = _fills_a_block(conn, job_id, chunk_count)
-        work_id = work.add(conn, queue.INDEX_BLOCKS, [job_id], job_id) if fills else None
+        work_id = work.add(conn, queue.INDEX_BLOCK, [job_id], job_id) if fills else None
         conn.commit()
     if work_id is not None:
-        work.send(work_id, queue.INDEX_BLOCKS, [job_id])
+        work.send(work_id, queue.INDEX_BLOCK, [job_id])
     claim_finalize(job_id)
 
 

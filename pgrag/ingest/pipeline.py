@@ -9,8 +9,8 @@ The work is split in three steps, each run by a Celery task and each idempotent:
 2. `loading.embed_documents` (embed queue) chunks, embeds and loads one batch of documents
    in one transaction with their status change; documents no longer pending are left
    alone, so a duplicate or redelivered task changes nothing twice. Each time the job's
-   loaded chunks pass a multiple of the lexical block size, it queues `index_loaded_blocks`
-   (ingest queue), which builds the BM25 index's whole blocks while the load goes on.
+   loaded chunks pass a multiple of the lexical block size, it queues `index_loaded_block`
+   (ingest queue), which builds that block of the BM25 index while the load goes on.
 3. `finalize_job` (ingest queue), claimed once by whoever sees the last pending document go,
    deletes missing documents, indexes the chunks still pending for BM25
    (`lexical.index_pending`), builds the HNSW index when the collection has none and marks
@@ -270,15 +270,17 @@ def claim_finalize(job_id: int) -> None:
         work.send(work_id, queue.FINALIZE_JOB, [job_id])
 
 
-def index_loaded_blocks(job_id: int) -> None:
-    """Build the whole lexical blocks that a running job's loaded chunks fill, so that the
-    job's end has only the rest to index. Optional work: if it is lost, finalize does it."""
+def index_loaded_block(job_id: int) -> None:
+    """Build one whole lexical block of a running job's collection (the job's loaded chunks
+    have just filled one), so that the job's end has only the rest to index. Optional work:
+    if it is lost, finalize does it; one block a task keeps the ingest worker free for
+    other jobs' steps between blocks."""
     job = jobs.get_job(job_id)
     if job.state != "running":
         return
     with db.connect() as conn:
-        indexed = lexical.index_pending(conn, job.collection_id, whole_blocks=True)
-    log.info("job %s: %d chunks indexed for BM25 while loading", job_id, indexed)
+        indexed = lexical.build_block(conn, job.collection_id, whole=True)
+    log.info("job %s: a block of %d chunks indexed for BM25 while loading", job_id, indexed)
 
 
 FINALIZE_LOCK = 0x70677261  # advisory lock class for finalize steps ("pgra")

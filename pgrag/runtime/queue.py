@@ -17,14 +17,14 @@ from pgrag.runtime.settings import get_settings
 INGEST_SOURCE = "pgrag.ingest_source"
 EMBED_DOCUMENTS = "pgrag.embed_documents"
 FINALIZE_JOB = "pgrag.finalize_job"
-INDEX_BLOCKS = "pgrag.index_blocks"
+INDEX_BLOCK = "pgrag.index_block"
 ANSWER_QUESTION = "pgrag.answer_question"
 
 # Reading sources and building indexes is CPU work; embedding and answering want the GPU.
 QUEUES = {
     INGEST_SOURCE: "ingest",
     FINALIZE_JOB: "ingest",
-    INDEX_BLOCKS: "ingest",
+    INDEX_BLOCK: "ingest",
     EMBED_DOCUMENTS: "embed",
     ANSWER_QUESTION: "query",
 }

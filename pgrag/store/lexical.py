@@ -15,7 +15,7 @@ index row) and a pending row beside the chunk rows: the load writes no posting r
 `lexical_block_chunks` (a setting, 4096) chunks, one statement each: PostgreSQL groups their
 (lexeme, tf) pairs into one posting row per distinct lexeme of the block, its posting list as
 parallel arrays. While a job loads, the ingest worker builds each whole block as soon as its
-chunks are in (`whole_blocks=True`); the job's last step builds the rest. Big blocks
+chunks are in (`build_block(..., whole=True)`); the job's last step builds the rest. Big blocks
 make few rows (a common lexeme has one row per block, not one per chunk), which keeps a bulk
 load cheap; a small job makes a small block, in time proportional to its chunks, as the
 HNSW index does.
@@ -175,15 +175,13 @@ def build_block(conn: psycopg.Connection, collection_id: int, whole: bool = Fals
     return row[0] if row else 0
 
 
-def index_pending(conn: psycopg.Connection, collection_id: int, whole_blocks: bool = False) -> int:
-    """Index the collection's pending chunks, committing block by block (a build cut short
-    keeps what it did): all of them, or with `whole_blocks` only as many as fill whole
-    blocks; returns the chunks indexed."""
+def index_pending(conn: psycopg.Connection, collection_id: int) -> int:
+    """Index all of the collection's pending chunks, committing block by block (a build cut
+    short keeps what it did); returns the chunks indexed."""
     indexed = 0
-    while built := build_block(conn, collection_id, whole_blocks):
+    while built := build_block(conn, collection_id):
         conn.commit()
         indexed += built
-    conn.rollback()  # the pending rows the last try locked, if too few to build
     return indexed
 
 
