@@ -243,20 +243,20 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
             conn, job_id, [(doc.external_id, reason) for doc, reason in errors]
         )
         jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
-        fills = _fills_a_block(conn, job_id, chunk_count)
-        work_id = work.add(conn, queue.INDEX_BLOCK, [job_id], job_id) if fills else None
+        filled = _blocks_filled(conn, job_id, chunk_count)
+        blocks = [work.add(conn, queue.INDEX_BLOCK, [job_id], job_id) for _ in range(filled)]
         conn.commit()
-    if work_id is not None:
+    for work_id in blocks:
         work.send(work_id, queue.INDEX_BLOCK, [job_id])
     claim_finalize(job_id)
 
 
-def _fills_a_block(conn: psycopg.Connection, job_id: int, added: int) -> bool:
-    """Whether the job's loaded chunks have just passed a multiple of the lexical block size
+def _blocks_filled(conn: psycopg.Connection, job_id: int, added: int) -> int:
+    """How many multiples of the lexical block size the job's loaded chunks have just passed
     (its counter was bumped by `added` in this transaction, which holds its row)."""
     if not added:
-        return False
+        return 0
     size = get_settings().lexical_block_chunks
     row = conn.execute("SELECT chunks_done FROM pgrag.ingest_jobs WHERE id = %s", (job_id,))
     done = int(row.fetchone()[0])  # type: ignore[index]
-    return done // size > (done - added) // size
+    return done // size - (done - added) // size
