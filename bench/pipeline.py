@@ -12,13 +12,14 @@ the model costs nothing.
 
 Stages, each alone in this process: reading the source, chunking (the tokenizer), lexical
 analysis, writing (`loading.replace_chunks`: chunks and their lexeme counts, one transaction
-per embed task's documents) and the lexical index build that ends a job
-(`lexical.index_pending`), with the CPU microseconds per chunk of this process and of
-PostgreSQL. Then end to end through the workers with 1, 2 and 4 embed processes: the job
-from submit to `done`, its load phase (until `indexing`) and its index builds (lexical and
-HNSW), and the CPU seconds of PostgreSQL, the embed and ingest workers. Then, on the last
-collection: search latency (dense, lexical, hybrid) and recall@10 of the HNSW index against
-exact search for `--queries` SciFact queries, and a small job that changes 100 documents.
+per embed task's documents) and the lexical block build (`lexical.index_pending`; a job
+runs it block by block while it loads), with the CPU microseconds per chunk of this process
+and of PostgreSQL. Then end to end through the workers with 1, 2 and 4 embed processes: the
+job from submit to `done`, its load phase (until `indexing`) and its index builds after it
+(the last lexical block and HNSW), and the CPU seconds of PostgreSQL, the embed and ingest
+workers. Then, on the last collection: search latency (dense, lexical, hybrid) and
+recall@10 of the HNSW index against exact search for `--queries` SciFact queries, and a
+small job that changes 100 documents.
 
 Prints tables and writes JSON (default bench/results/pipeline-<time>.json).
 """
