@@ -230,13 +230,18 @@ def test_whole_blocks_are_indexed_while_the_job_loads(
             for name, value in env.items():
                 m.setenv(name, value)
             get_settings.cache_clear()
-            source = write_jsonl(tmp_path / "a.jsonl", [doc(i) for i in range(100)])
-            job_id = pipeline.submit(source, collection_name, create=True).id
-            batches = wait_for(lambda: embed_batches(job_id) if source_read(job_id) else None)
-            assert len(batches) == 13  # of 8 documents; no embed worker runs yet
-            for ids in batches[:5]:
-                loading.embed_documents(job_id, ids)
-        get_settings.cache_clear()
+            try:
+                source = write_jsonl(tmp_path / "a.jsonl", [doc(i) for i in range(100)])
+                job_id = pipeline.submit(source, collection_name, create=True).id
+                batches = wait_for(
+                    lambda: jobs.get_job(job_id).source_done and embed_batches(job_id)
+                )
+                assert len(batches) == 13  # of 8 documents; no embed worker runs yet
+                for ids in batches[:5]:
+                    loading.embed_documents(job_id, ids)
+            finally:
+                m.undo()
+                get_settings.cache_clear()  # the later tests' settings
         loaded = jobs.get_job(job_id).chunks_done
         assert loaded >= 40
         collection = get_collection(collection_name)
@@ -266,12 +271,6 @@ def wait_for(probe: Callable[[], object], timeout: float = 60) -> Any:
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
     return value
-
-
-def source_read(job_id: int) -> bool:
-    from pgrag.ingest import jobs
-
-    return jobs.get_job(job_id).source_done
 
 
 def embed_batches(job_id: int) -> list[list[int]]:
