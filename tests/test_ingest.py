@@ -452,8 +452,8 @@ def test_an_embed_task_finds_its_documents_by_key_whatever_the_statistics(
 ) -> None:
     """Statistics taken while the documents table was empty (a first bulk load before
     autovacuum comes back) must not make each embed task read all of its job's pending
-    documents through their partial index: it did, 9 ms a task at 20,000 pending, more as the
-    job grows."""
+    documents through their partial index, as the statement before did: work that grows with
+    the job."""
     from pgrag.ingest.loading import PENDING_BY_ID
     from tests.conftest import plan_nodes
 

@@ -120,7 +120,7 @@ def mark_embedded(conn: psycopg.Connection, documents: Sequence[DocumentChunks])
 # The task's documents still pending for its job, each by primary key (locked in id order
 # with FOR UPDATE). Written so because with `status = 'pending'` in a plain WHERE the planner
 # may take the partial index of the job's pending documents and read all of them for every
-# task: 9 ms instead of 0.3-0.7 ms at 20,000 pending, growing with the job.
+# task, work that grows with the job (tests/test_ingest.py checks the plan).
 PENDING_BY_ID = (
     " FROM unnest(%s::bigint[]) AS u(id) CROSS JOIN LATERAL"
     " (SELECT * FROM pgrag.documents WHERE id = u.id OFFSET 0{lock}) d"
