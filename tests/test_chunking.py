@@ -13,7 +13,14 @@ import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from pgrag.inference.weights import resolve_model
-from pgrag.ingest.chunking import Chunk, chunk_text, chunk_texts, embed_input, segment_spans
+from pgrag.ingest.chunking import (
+    Chunk,
+    chunk_text,
+    chunk_texts,
+    embed_input,
+    segment_spans,
+    truncate_tokens,
+)
 from pgrag.runtime.settings import DEFAULT_EMBED_MODEL
 
 PROSE = """\
@@ -243,3 +250,18 @@ def test_batched_chunking_gives_the_chunks_of_the_segment_by_segment_chunker(
         assert [
             chunk_text(t, tokenizer, chunk_size=size, overlap=overlap) for t in texts[:5]
         ] == got[:5]
+
+
+def test_truncate_tokens_cuts_where_the_tokenizer_does(
+    tokenizer: PreTrainedTokenizerFast,
+) -> None:
+    """Titles are cut to the room a chunk leaves them, at the end of the same token as the
+    tokenizer's own offsets of the whole text say (the golden texts have CJK, accents,
+    control characters, long words and odd spacing)."""
+    golden = json.loads((Path(__file__).parent / "data" / "chunks-golden.json").read_text())
+    for text in [PROSE, *golden["texts"]]:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [end for _, end in encoded["offset_mapping"]]
+        for n in (0, 1, 7, 54, len(ends) - 1, len(ends), len(ends) + 5):
+            want = "" if n <= 0 else text if n >= len(ends) else text[: ends[n - 1]]
+            assert truncate_tokens(text, tokenizer, n) == want, (n, text[:80])

@@ -179,6 +179,16 @@ def chunk_texts(
     return chunked
 
 
+def truncate_tokens(text: str, tokenizer: PreTrainedTokenizerFast, max_tokens: int) -> str:
+    """`text` up to the end of its first `max_tokens` tokens (no special tokens), tokenized
+    as `chunk_texts` does: from the memory of runs where the tokenizer allows it."""
+    if max_tokens <= 0:
+        return ""
+    runs = _run_tokenizer(tokenizer)
+    tokens = runs.offsets(text) if runs is not None else _token_offsets(tokenizer, [text])[1]
+    return text if len(tokens) <= max_tokens else text[: int(tokens[max_tokens - 1, 1])]
+
+
 # The characters that BERT's normalizer turns into a space or its pre-tokenizer splits on:
 # no token spans them, so the text between them can be tokenized apart. (Control characters
 # such as \x0b or \x1c are not among them: the normalizer deletes them, joining their sides.)

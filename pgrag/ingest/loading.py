@@ -20,7 +20,13 @@ from psycopg.types.json import Jsonb
 
 from pgrag.inference.embedding import Embedder, collection_embedder
 from pgrag.ingest import jobs
-from pgrag.ingest.chunking import Chunk, chunk_text, chunk_texts, embed_input
+from pgrag.ingest.chunking import (
+    Chunk,
+    chunk_text,
+    chunk_texts,
+    embed_input,
+    truncate_tokens,
+)
 from pgrag.ingest.pipeline import claim_finalize
 from pgrag.runtime import db, queue, work
 from pgrag.runtime.settings import get_settings
@@ -137,14 +143,6 @@ class PendingDocument:
     metadata: dict
 
 
-def _truncate_tokens(text: str, embedder: Embedder, max_tokens: int) -> str:
-    if max_tokens <= 0:
-        return ""
-    enc = embedder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    offsets = enc["offset_mapping"]
-    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
-
-
 def embed_inputs(
     collection: Collection, embedder: Embedder, title: str | None, chunks: list[Chunk]
 ) -> list[str]:
@@ -153,7 +151,7 @@ def embed_inputs(
         return [c.text for c in chunks]
     # The title gets what the chunk leaves of the model's sequence (2 special tokens).
     room = embedder.max_seq_length - 2 - collection.chunk_size
-    short_title = _truncate_tokens(title, embedder, room) or None
+    short_title = truncate_tokens(title, embedder.tokenizer, room) or None
     return [embed_input(short_title, c.text) for c in chunks]
 
 
