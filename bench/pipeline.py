@@ -33,6 +33,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ from bench.bench_embed_worker import bench_encode
 from bench.common import (
     ROOT,
     CpuMeter,
+    CpuUsage,
     Home,
     Worker,
     default_out,
@@ -175,8 +177,9 @@ def stages(home: Home, source: Path, collection_name: str) -> dict[str, Any]:
     }
 
 
-def wait_done(job_id: int) -> dict[str, float]:
-    """Seconds from now until the job is `indexing` and until it is `done`."""
+def wait_done(job_id: int, on_loaded: Callable[[], Any] | None = None) -> dict[str, float]:
+    """Seconds from now until the job is `indexing` and until it is `done`; `on_loaded` is
+    called when it is seen `indexing`."""
     from pgrag.ingest.jobs import get_job
 
     t0 = time.perf_counter()
@@ -185,6 +188,8 @@ def wait_done(job_id: int) -> dict[str, float]:
         job = get_job(job_id)
         if job.state == "indexing" and loaded is None:
             loaded = time.perf_counter() - t0
+            if on_loaded:
+                on_loaded()
         if job.finished:
             if job.state != "done":
                 raise RuntimeError(f"job {job_id} ended {job.state}: {job.error}")
@@ -205,7 +210,8 @@ def end_to_end(home: Home, source: Path, procs: int, collection: str) -> dict[st
             {"postgres": home.postmaster_pid, "embed": workers[1].pid, "ingest": workers[0].pid}
         ).start()
         job = pipeline.submit(source, collection, create=True)
-        times = wait_done(job.id)
+        at_load_end: list[CpuUsage] = []
+        times = wait_done(job.id, on_loaded=lambda: at_load_end.append(meter.stop()))
         cpu = meter.stop()
     finally:
         for w in workers:
@@ -220,6 +226,7 @@ def end_to_end(home: Home, source: Path, procs: int, collection: str) -> dict[st
         **times,
         "index_s": times["total_s"] - times["load_s"],
         "cpu": cpu.as_dict(),
+        "cpu_load": (at_load_end or [cpu])[0].as_dict(),
     }
 
 
@@ -421,6 +428,26 @@ def report_runs(r: dict[str, Any]) -> None:
             "embed share",
             "ingest share",
         ],
+    )
+    rows = []
+    for e in r["end_to_end"]:
+        whole, load = e["cpu"], e["cpu_load"]
+        per_chunk = 1e6 / max(e["chunks"], 1)
+        load_pg, pg = load["cpu_s"].get("postgres", 0.0), whole["cpu_s"].get("postgres", 0.0)
+        rows.append(
+            [
+                f"{e['procs']} embed process(es)",
+                load_pg * per_chunk,
+                load["cpu_s"].get("embed", 0.0) * per_chunk,
+                load["cpu_s"].get("ingest", 0.0) * per_chunk,
+                (pg - load_pg) * per_chunk,
+                whole["machine_busy_s"] * per_chunk,
+            ]
+        )
+    print_table(
+        "CPU per chunk, end to end (µs; the index builds are the last lexical block and HNSW)",
+        rows,
+        ["run", "load: PG", "load: embed", "load: ingest", "index builds: PG", "whole machine"],
     )
     q = r["search"]
     print_table(
