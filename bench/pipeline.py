@@ -4,11 +4,11 @@
     python bench/pipeline.py --chunks 1000000 --procs 2       # the million-chunk run
 
 The source is a JSONL file of real text: the SciFact corpus (../shared/data/scifact)
-repeated with new ids until it makes `--chunks` chunks. Everything is real (embedded
-PostgreSQL + pgvector and Redis, Celery workers, the model's tokenizer, chunking, binary COPY,
-the lexical index, the HNSW build) except the embedder's forward pass, replaced by
-`bench/bench_embed_worker.py` (deterministic unit vectors at once): what a GPU box sees when
-the model costs nothing.
+repeated with new ids, each repeat's titles numbered, until it makes `--chunks` chunks.
+Everything is real (embedded PostgreSQL + pgvector and Redis, Celery workers, the model's
+tokenizer, chunking, binary COPY, the lexical index, the HNSW build) except the embedder's
+forward pass, replaced by `bench/bench_embed_worker.py` (deterministic unit vectors at once):
+what a GPU box sees when the model costs nothing.
 
 Stages, each alone in this process: reading the source, chunking (the tokenizer), lexical
 analysis, writing (`loading.replace_chunks`: chunks and their lexeme counts, one transaction
@@ -67,7 +67,10 @@ def bench_embed_worker(home: Home, concurrency: int) -> Worker:
 
 def write_source(path: Path, chunks: int) -> int:
     """Write the SciFact corpus, repeated with new ids, until it makes `chunks` chunks at the
-    default chunking; returns the documents written."""
+    default chunking; returns the documents written. A repeat's titles end with its number,
+    so that its chunks' embedded texts, and so their bench vectors, are new: pgvector keeps
+    identical vectors in one HNSW element (up to 10 rows each), which would leave the graph of
+    a repeated corpus a fraction of its row count."""
     from pgrag.inference.embedding import load_embedder
     from pgrag.ingest.chunking import chunk_texts
     from pgrag.runtime.settings import get_settings
@@ -90,7 +93,8 @@ def write_source(path: Path, chunks: int) -> int:
             for doc, n in zip(docs, per_doc, strict=True):
                 if total >= chunks:
                     return written
-                row = {"_id": f"{doc['_id']}-{rep}", "title": doc["title"], "text": doc["text"]}
+                title = f"{doc['title']} ({rep})" if rep else doc["title"]
+                row = {"_id": f"{doc['_id']}-{rep}", "title": title, "text": doc["text"]}
                 f.write(json.dumps(row) + "\n")
                 written += 1
                 total += n
