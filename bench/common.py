@@ -204,7 +204,10 @@ class Worker:
         the model (which a timed run must not include)."""
         from workers.app import MODEL_QUEUES, WARM
 
+        # Each pool process loads the model; a query worker's threads share its main one's.
         warm = self.concurrency if self.name in MODEL_QUEUES else 0
+        if self.name == "query":
+            warm = 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -6,8 +6,8 @@ with 1 and 2 query workers.
                                   [--out PATH] [--keep]
 
 A fresh embedded PostgreSQL + Redis (bench/common.py) gets the sample corpus ingested by real
-ingest/embed workers; then, for each worker count W, one Celery query worker with W pool
-processes (`pgrag up`'s argv, `-c W`: W processes, each with its own warm models) is started,
+ingest/embed workers; then, for each count W, one Celery query worker answering W questions
+at once (`pgrag up`'s argv, `-c W`: W threads sharing its warm models) is started,
 warmed with 2W questions, and handed N questions (examples/questions.txt, cycled) queued at
 once through `pgrag.query.answering.submit`. The stage timings each worker stored in
 `pgrag.queries.timings` give the per-stage percentiles:

@@ -141,7 +141,7 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
         for w in workers:
             w.stop()
     done = jobs.get_job(job.id)
-    recovered, why = jobs.job_recoveries(job.id)
+    recoveries = jobs.job_recoveries(job.id)
     return {
         "fault": fault,
         "state": done.state,
@@ -150,8 +150,8 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
         "after_fault_s": None if fault_t is None else end - fault_t,
         "new_worker_start_s": start_s,
         "documents": done.docs_done,
-        "recovered": recovered,
-        "last_recovery": why,
+        "recovered": sum(recoveries.values()),
+        "recoveries": recoveries,
         **counts(collection),
     }
 
@@ -188,7 +188,7 @@ def main() -> None:
                 r["chunks"],
                 r["duplicates"],
                 r["recovered"],
-                r["last_recovery"] or "",
+                ", ".join(f"{k}: {v}" for k, v in sorted(r["recoveries"].items())),
             ]
         )
     print_table(

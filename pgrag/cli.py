@@ -106,15 +106,17 @@ def status() -> None:
     """Say which services and workers are alive, and what work is in flight."""
     import redis
 
-    from pgrag.runtime import db, processes, services, work
+    from pgrag.runtime import db, processes, queue, registry, services, work
 
     settings = get_settings()
     try:
         with db.connect() as conn:
             in_flight = work.in_flight(conn)
+            questions = work.counts(conn, queue.ANSWER_QUESTION)
+        nodes = registry.live(within_s=3 * settings.sweep_s)
         click.echo(f"postgres  up    {services.database_url()}")
     except Exception as e:
-        in_flight = None
+        in_flight, questions, nodes = None, None, []
         click.echo(f"postgres  DOWN  {type(e).__name__}: {e}".strip())
     try:
         redis.Redis.from_url(services.redis_url(), socket_timeout=2).ping()
@@ -127,6 +129,18 @@ def status() -> None:
         click.echo(f"{proc.name:<14}" + (f"alive (pid {pid})" if pid else "not running: pgrag up"))
     for name in sorted(set(alive) - {p.name for p in processes.default_processes(settings, None)}):
         click.echo(f"{name:<14}alive (pid {alive[name]})")
+    for node in nodes:
+        load = "" if node.ready_s is None else f" in {node.ready_s:.1f} s"
+        models = f"; loaded {node.models}{load}" if node.models else ""
+        click.echo(
+            f"worker    {node.name} [{node.queues}] {node.state}: {node.pool} x"
+            f" {node.concurrency}, {node.running} running{models}"
+        )
+    if questions is not None:
+        click.echo(
+            f"questions {questions.get('queued', 0)} queued, {questions.get('running', 0)}"
+            " being answered"
+        )
     for owner, count, age in in_flight or []:
         state = "live lease" if age < settings.lease_s else "lease EXPIRED (recovering)"
         click.echo(f"work      {count} running on {owner}: {state}, last beat {age:.0f} s ago")
@@ -420,9 +434,9 @@ def show_job(job_id: int) -> None:
     )
     if job.error:
         click.echo(f"  error: {job.error}")
-    recovered, why = job_recoveries(job_id)
-    if recovered:
-        click.echo(f"  recovered: {recovered} unit(s) of work sent again; last: {why}")
+    if recoveries := job_recoveries(job_id):
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(recoveries.items()))
+        click.echo(f"  recovered: work sent again {sum(recoveries.values())} time(s) ({reasons})")
     errors = job_errors(job_id, limit=50)
     for e in errors:
         click.echo(f"  ! {e.ref}: {e.reason}")

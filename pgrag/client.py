@@ -13,7 +13,12 @@
 Events are those of `pgrag.runtime.streaming` (status, passages, token, done, error), in order, from
 the first; the last is always `done` or `error`. `follow(id)` reads a question asked earlier
 (or elsewhere): while its stream lasts (PGRAG_ANSWER_TTL_S) from the stream, afterwards the
-final event is rebuilt from the stored row.
+final event is rebuilt from the stored row. Both are safe to call from many threads.
+
+An asyncio application follows many answers in one thread with `aask` and `afollow`:
+
+    async for event in aask("How long are backups kept?", "kb"):
+        ...
 
 With PGRAG_API_URL set, the same calls go through the HTTP API (`pgrag.remote`) with the key
 in PGRAG_API_KEY, instead of to PostgreSQL and Redis directly.
@@ -21,8 +26,9 @@ in PGRAG_API_KEY, instead of to PostgreSQL and Redis directly.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 
 from pgrag import remote
 from pgrag.query import answering
@@ -30,7 +36,16 @@ from pgrag.runtime import streaming
 from pgrag.runtime.streaming import Event, StreamTimeout
 from pgrag.store.schema import Query
 
-__all__ = ["Event", "StreamTimeout", "ask", "final_event", "follow", "submit"]
+__all__ = [
+    "Event",
+    "StreamTimeout",
+    "aask",
+    "afollow",
+    "ask",
+    "final_event",
+    "follow",
+    "submit",
+]
 
 
 def ask(
@@ -75,6 +90,40 @@ def follow(
     if row.state in ("done", "failed") and not streaming.exists(row.id):
         return iter([final_event(row)])
     return streaming.read(row.id, timeout_s=timeout_s)
+
+
+async def aask(
+    question: str,
+    collection: str,
+    *,
+    k: int = answering.DEFAULT_K,
+    rerank: bool | None = None,
+    filters: Sequence[str] = (),
+    generator: str | None = None,
+    timeout_s: float = streaming.READ_TIMEOUT_S,
+) -> AsyncIterator[Event]:
+    """`ask` for asyncio: queue a question and iterate over its events."""
+    query_id = await asyncio.to_thread(
+        submit, question, collection, k=k, rerank=rerank, filters=filters, generator=generator
+    )
+    async for event in afollow(query_id, timeout_s=timeout_s):
+        yield event
+
+
+async def afollow(
+    query_id: uuid.UUID | str, *, timeout_s: float = streaming.READ_TIMEOUT_S
+) -> AsyncIterator[Event]:
+    """`follow` for asyncio: Redis (or the API's server-sent events) read without a thread."""
+    if remote.enabled():
+        async for event in remote.afollow(query_id, timeout_s=timeout_s):
+            yield event
+        return
+    row = await asyncio.to_thread(answering.get_query, query_id)
+    if row.state in ("done", "failed") and not await asyncio.to_thread(streaming.exists, row.id):
+        yield final_event(row)
+        return
+    async for event in streaming.aread(row.id, timeout_s=timeout_s):
+        yield event
 
 
 def final_event(row: Query) -> Event:

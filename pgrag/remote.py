@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,19 @@ def enabled() -> bool:
     return bool(get_settings().api_url)
 
 
-def _client(timeout_s: float = 60.0) -> httpx.Client:
+def _client_options(timeout_s: float) -> dict[str, Any]:
     settings = get_settings()
     if not settings.api_key:
         raise ApiError(f"PGRAG_API_URL is {settings.api_url}: set PGRAG_API_KEY to a key for it")
-    return httpx.Client(
-        base_url=settings.api_url,
-        headers={"Authorization": f"Bearer {settings.api_key}"},
-        timeout=httpx.Timeout(timeout_s, connect=10.0),
-    )
+    return {
+        "base_url": settings.api_url,
+        "headers": {"Authorization": f"Bearer {settings.api_key}"},
+        "timeout": httpx.Timeout(timeout_s, connect=10.0),
+    }
+
+
+def _client(timeout_s: float = 60.0) -> httpx.Client:
+    return httpx.Client(**_client_options(timeout_s))
 
 
 def _json(response: httpx.Response) -> Any:
@@ -74,27 +78,60 @@ def submit(
         return uuid.UUID(_json(client.post("/v1/ask", json=body))["id"])
 
 
+class _EventParser:
+    """Server-sent events, a line at a time: `feed` returns an event at its closing blank
+    line, else None."""
+
+    def __init__(self) -> None:
+        self.fields: dict[str, str] = {}
+
+    def feed(self, line: str) -> Event | None:
+        if line:
+            name, _, value = line.partition(":")
+            self.fields[name] = value.removeprefix(" ")
+            return None
+        fields, self.fields = self.fields, {}
+        if "event" not in fields:
+            return None
+        return Event(fields["event"], json.loads(fields["data"]), fields.get("id", ""))
+
+
 def follow(query_id: uuid.UUID | str, *, timeout_s: float) -> Iterator[Event]:
     """The question's events, read from the API's server-sent events."""
+    parser = _EventParser()
     with (
         _client(timeout_s) as client,
         client.stream("GET", f"/v1/answers/{query_id}") as response,
     ):
         if response.is_error:
             _json(response)
-        fields: dict[str, str] = {}
         try:
             for line in response.iter_lines():
-                if line:
-                    name, _, value = line.partition(":")
-                    fields[name] = value.removeprefix(" ")
-                    continue
-                if "event" in fields:
-                    event = Event(fields["event"], json.loads(fields["data"]), fields.get("id", ""))
+                if event := parser.feed(line):
                     yield event
                     if event.final:
                         return
-                fields = {}
+        except httpx.ReadTimeout:
+            raise StreamTimeout(f"no event within {timeout_s:g} s") from None
+    raise StreamTimeout("the answer stream ended before a final event")
+
+
+async def afollow(query_id: uuid.UUID | str, *, timeout_s: float) -> AsyncIterator[Event]:
+    """`follow` for asyncio."""
+    parser = _EventParser()
+    async with (
+        httpx.AsyncClient(**_client_options(timeout_s)) as client,
+        client.stream("GET", f"/v1/answers/{query_id}") as response,
+    ):
+        if response.is_error:
+            await response.aread()
+            _json(response)
+        try:
+            async for line in response.aiter_lines():
+                if event := parser.feed(line):
+                    yield event
+                    if event.final:
+                        return
         except httpx.ReadTimeout:
             raise StreamTimeout(f"no event within {timeout_s:g} s") from None
     raise StreamTimeout("the answer stream ended before a final event")

@@ -104,7 +104,7 @@ class Worker:
         queues: str,
         name: str,
         env: dict[str, str] | None = None,
-        concurrency: int = 1,
+        concurrency: int | None = None,
     ) -> None:
         from pgrag.runtime import processes
 
@@ -131,14 +131,17 @@ class Worker:
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready: {self.log.read_text()[-3000:]}")
 
-    def owners(self) -> list[str]:
-        """Its processes as lease owners (`pgrag.runtime.work.owner`): main and pool children."""
-        host = socket.gethostname()
+    def pids(self) -> list[int]:
+        """Its processes: the main one and its pool children."""
         return [
-            f"{host}:{stat.parent.name}"
+            int(stat.parent.name)
             for stat in Path("/proc").glob("[0-9]*/stat")
             if _process_group(stat) == self.proc.pid
         ]
+
+    def owners(self) -> list[str]:
+        """Its processes as lease owners (`pgrag.runtime.work.owner`)."""
+        return [f"{socket.gethostname()}:{pid}" for pid in self.pids()]
 
     def kill(self) -> None:
         """SIGKILL the whole worker (main process and pool children) at once."""
@@ -320,8 +323,8 @@ _broker_dbs = itertools.cycle(range(1, 16))
 @pytest.fixture
 def own_broker(worker: Worker) -> Iterator[None]:
     """A Redis database of its own (emptied first), so that only the test's own workers get
-    its tasks. The shared worker is frozen meanwhile, once its work is done: its sweeper
-    shares the ledger, and would send the test's work to its own broker (database 0)."""
+    its tasks: another deployment on the same database, whose work the shared worker's
+    sweeper leaves alone (`pgrag.work.broker`)."""
     import redis
 
     from pgrag.runtime import db, queue
@@ -342,8 +345,7 @@ def own_broker(worker: Worker) -> Iterator[None]:
     os.environ["PGRAG_REDIS_URL"] = url
     get_settings.cache_clear()
     queue._client.cache_clear()
-    with worker.frozen():
-        yield
+    yield
     del os.environ["PGRAG_REDIS_URL"]
     get_settings.cache_clear()
     queue._client.cache_clear()

@@ -14,7 +14,8 @@ What the model comparison cannot or need not judge, and so leaves out (`IGNORED`
   (ON CONFLICT), the models do not repeat them;
 - tables without a model: the lexical index (`postings`, `lexical_blocks`, `chunk_lexemes`,
   `lexical_pending`), written and read only by SQL (COPY, the block builds and the BM25
-  statements), and `work` (`pgrag/runtime/work.py`'s statements);
+  statements), `work` and `recoveries` (`pgrag/runtime/work.py`'s statements) and
+  `workers` (`pgrag/runtime/registry.py`'s);
 Alembic does not compare server defaults here (off by default), CHECK constraints (it never
 does) or views and functions (it does not reflect them). The `vector` columns *are*
 compared: pgvector's SQLAlchemy type reflects as itself, and both sides are dimensionless.
@@ -192,7 +193,15 @@ IGNORED = {
     "remove_constraint": "multi-column UNIQUE constraints are declared by migrations only",
 }
 # SQL-only tables: the lexical index (COPY and BM25 statements) and the work ledger.
-TABLES_WITHOUT_MODELS = {"postings", "lexical_blocks", "chunk_lexemes", "lexical_pending", "work"}
+TABLES_WITHOUT_MODELS = {
+    "postings",
+    "lexical_blocks",
+    "chunk_lexemes",
+    "lexical_pending",
+    "work",
+    "recoveries",
+    "workers",
+}
 
 
 def schema_differences(url: str) -> list[tuple[Any, ...]]:

@@ -5,8 +5,10 @@ Each test has a Redis database of its own and its own workers, with short leases
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,11 +17,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from psycopg.types.json import Jsonb
 
 from pgrag.client import follow
 from pgrag.ingest import jobs, pipeline
 from pgrag.query import answering
-from pgrag.runtime import db, queue
+from pgrag.runtime import db, queue, streaming
 from pgrag.store import indexing
 from pgrag.store.collections import create_collection, get_collection
 from pgrag.store.schema import IngestJob
@@ -84,14 +87,8 @@ def assert_exact(job_id: int, n: int) -> IngestJob:
 
 
 def recoveries(job_id: int) -> set[str]:
-    """Why the sweeper sent the job's work again (the kind of each last reason)."""
-    with db.connect() as conn:
-        rows = conn.execute(
-            "SELECT DISTINCT split_part(last_recovery, ':', 1) FROM pgrag.work"
-            " WHERE job_id = %s AND recovered > 0",
-            (job_id,),
-        ).fetchall()
-    return {r[0] for r in rows}
+    """Why the sweeper sent the job's work again: every reason in the recovery log."""
+    return set(jobs.job_recoveries(job_id))
 
 
 @pytest.mark.parametrize("survivor", [False, True], ids=["restarted", "survivor"])
@@ -122,8 +119,8 @@ def test_killed_embed_worker_costs_a_lease_not_an_hour(
     assert_exact(job.id, n)
     assert "lease expired" in recoveries(job.id)
     assert took < 120, f"{took:.0f} s from the kill to done"
-    shown = pgrag_cli("jobs", str(job.id))  # with the last reason, whichever it was
-    assert "unit(s) of work sent again; last: " in shown, shown
+    shown = pgrag_cli("jobs", str(job.id))  # with the count of each reason
+    assert "lease expired: " in shown, shown
     status = pgrag_cli("status")
     assert "postgres  up" in status and "redis     up" in status, status
 
@@ -250,3 +247,93 @@ def test_postgres_restarted_mid_job_ends_done_and_exact(
         for w in workers:
             w.stop()
     assert_exact(job.id, n)
+
+
+def test_a_message_held_by_a_worker_is_never_taken_for_lost(
+    own_broker: None, tmp_path: Path, collection_name: str
+) -> None:
+    """A worker took the job's message and has not started it (its pool process paused, as a
+    worker still loading its model would be): the message is held, not lost, however long
+    the work stays queued. The sweeper sends nothing again and records no recovery; the job
+    runs once the worker goes on."""
+    n = 50
+    source = write_source(tmp_path / "notes.jsonl", n)
+    create_collection(collection_name)
+    home = Path(os.environ["PGRAG_HOME"])
+    reader = Worker(home, "ingest", "held-ingest", ENV)
+    pool = [pid for pid in reader.pids() if pid != reader.proc.pid]
+    workers = [reader]
+    try:
+        for pid in pool:
+            os.kill(pid, signal.SIGSTOP)
+        job = pipeline.submit(source, collection_name)
+        wait_until(lambda: bool(queue.held_work(3600)), 60, "the worker to take the message")
+        time.sleep(3 * float(ENV["PGRAG_LOST_AFTER_S"]))  # sweeps every second meanwhile
+        with db.connect() as conn:
+            state = conn.execute(
+                "SELECT state FROM pgrag.work WHERE job_id = %s", (job.id,)
+            ).fetchone()
+        assert state == ("queued",)
+        assert recoveries(job.id) == set()
+        for pid in pool:
+            os.kill(pid, signal.SIGCONT)
+        workers.append(Worker(home, "embed", "held-embed", ENV))
+        wait_until(lambda: jobs.get_job(job.id).finished, 240, "the job to end")
+    finally:
+        for pid in pool:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        for w in workers:
+            w.stop()
+    assert_exact(job.id, n)
+    assert recoveries(job.id) == set()
+
+
+def test_a_paused_worker_changes_nothing_once_its_lease_is_taken_over(
+    kb: str, own_broker: None
+) -> None:
+    """A query worker paused (SIGSTOP) past its lease while it waits on its LLM: another
+    worker takes the question over and answers it. Resumed, the stale worker finds its lease
+    lost (its request times out and it would record a failure) and writes nothing: not to
+    the answer stream, not to the question's row, not to the ledger."""
+    home = Path(os.environ["PGRAG_HOME"])
+    with socket.socket() as silent:  # accepts connections and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        stalled = {
+            **ENV,
+            "PGRAG_GENERATOR": "openai",
+            "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+            "PGRAG_OPENAI_MODEL": "stand-in",
+            "PGRAG_GENERATE_TIMEOUT_S": "20",
+        }
+        stale = Worker(home, "query", "fence-stale", stalled)
+        try:
+            query_id = answering.submit(QUESTIONS[0][0], kb)
+            events = follow(query_id)
+            while not ((e := next(events)).type == "status" and e.data["state"] == "generating"):
+                pass
+            with stale.frozen():
+                other = Worker(
+                    home, "query", "fence-other", {**ENV, "PGRAG_GENERATOR": "extractive"}
+                )
+                try:
+                    assert [e for e in events][-1].type == "done"
+                finally:
+                    other.stop()
+                answered = list(streaming.read(query_id, timeout_s=10))
+                row = answering.get_query(query_id)
+            wait_until(lambda: "lease lost" in stale.log.read_text(), 120, "the stale worker")
+        finally:
+            stale.stop()
+    assert any(e.type == "status" and e.data.get("state") == "restarted" for e in answered)
+    assert list(streaming.read(query_id, timeout_s=10)) == answered  # nothing added
+    after = answering.get_query(query_id)
+    assert (after.state, after.answer, after.finished_at) == ("done", row.answer, row.finished_at)
+    assert row.options["generator"] == "extractive"
+    with db.connect() as conn:
+        ledger = conn.execute(
+            "SELECT state, attempts FROM pgrag.work WHERE args = %s",
+            (Jsonb([str(query_id)]),),
+        ).fetchone()
+    assert ledger == ("done", 2)

@@ -1,7 +1,14 @@
-"""The Celery application the workers run; its configuration lives in `pgrag.runtime.queue`."""
+"""The Celery application the workers run; its configuration lives in `pgrag.runtime.queue`.
+
+A query worker (`-P threads`, `pgrag.runtime.processes.worker`) loads its models in its main
+process before it consumes anything, and its threads share them; the pool processes of the
+other workers each load the default embedder after the fork. Every worker registers itself
+in `pgrag.workers` and sweeps the ledger for lost work (`pgrag.runtime.work`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -15,52 +22,99 @@ from pgrag.runtime.queue import make_celery
 app = make_celery()
 app.conf.include = ["workers.tasks"]
 
-# Queues whose tasks embed text: their pool processes load the default model up front, and
-# each logs WARM when it has (the benches wait for these lines before they time anything).
+# Queues whose tasks embed text: their processes load the default model up front, and each
+# logs WARM when it has (the benches and tests wait for these lines before they time anything).
 MODEL_QUEUES = {"embed", "query"}
 WARM = "pool process warm"
+THREADS = "celery.concurrency.thread"
 
 log = logging.getLogger(__name__)
+_node: dict[str, str] = {}  # this worker's node name and pool
+_stopping = threading.Event()
+
+
+def _queues() -> set[str]:
+    return set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(","))
 
 
 @celeryd_after_setup.connect
-def _remember_queues(sender: str, instance: Any, **_: Any) -> None:
-    # Runs in the main process before the pool forks: the children inherit the variables.
-    os.environ["PGRAG_WORKER_QUEUES"] = ",".join(instance.app.amqp.queues.consume_from)
-    os.environ["PGRAG_WORKER_CONCURRENCY"] = str(instance.concurrency)
+def _set_up(sender: str, instance: Any, **_: Any) -> None:
+    """In the main process, before the pool starts and before the worker consumes."""
+    from pgrag.runtime import registry, work
+
+    queues = ",".join(instance.app.amqp.queues.consume_from)
+    threads = instance.pool_cls.__module__ == THREADS
+    # The pool processes inherit these.
+    os.environ["PGRAG_WORKER_QUEUES"] = queues
+    os.environ["PGRAG_WORKER_CONCURRENCY"] = "1" if threads else str(instance.concurrency)
+    pool = "threads" if threads else "prefork"
+    _node.update(name=sender, pool=pool)
+    registry.register(sender, work.owner(), queues, pool, instance.concurrency)
+    if threads:  # the tasks run in this process: it is ready once its models are
+        started = time.perf_counter()
+        loaded = _warm_up()
+        registry.ready(sender, ", ".join(loaded), time.perf_counter() - started)
 
 
 @worker_process_init.connect
-def _warm_up(**_: Any) -> None:
+def _warm_pool_process(**_: Any) -> None:
     """Load the default embedder once per pool process, after the fork, before any task."""
-    if MODEL_QUEUES & set(os.environ.get("PGRAG_WORKER_QUEUES", "").split(",")):
+    _warm_up()
+
+
+def _warm_up() -> list[str]:
+    if not MODEL_QUEUES & _queues():
+        return []
+    from pgrag.inference.weights import pick_device, share_cpu_threads
+    from pgrag.runtime.settings import get_settings
+
+    started = time.perf_counter()
+    settings = get_settings()
+    # Before the models load: OpenVINO takes its thread count when it compiles a model.
+    if pick_device(settings.device) == "cpu":
+        share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))
+    if "query" in _queues():
+        from pgrag.query.answering import warm_up
+
+        loaded = warm_up()
+    else:
         from pgrag.inference.embedding import load_embedder
-        from pgrag.inference.weights import pick_device, share_cpu_threads
-        from pgrag.runtime.settings import get_settings
 
-        started = time.perf_counter()
-        settings = get_settings()
-        # Before the model loads: OpenVINO takes its thread count when it compiles a model.
-        if pick_device(settings.device) == "cpu":
-            share_cpu_threads(int(os.environ.get("PGRAG_WORKER_CONCURRENCY", "1")))
         load_embedder(settings.embed_model, settings.device)
-        log.info(
-            "%s: %s loaded in %.1f s", WARM, settings.embed_model, time.perf_counter() - started
-        )
-
-
-_sweeping = threading.Event()
+        loaded = [f"embedder {settings.embed_model}"]
+    log.info("%s: %s loaded in %.1f s", WARM, ", ".join(loaded), time.perf_counter() - started)
+    return loaded
 
 
 @worker_ready.connect
-def _start_sweeper(**_: Any) -> None:
-    """Every worker's main process sweeps for lost work (`pgrag.work`); PostgreSQL lets one
-    of them act at a time."""
-    from pgrag.runtime import work
+def _start_tending(**_: Any) -> None:
+    """Every worker's main process says it is alive and sweeps for lost work
+    (`pgrag.work`); PostgreSQL lets one sweeper act at a time."""
+    from pgrag.runtime import registry
 
-    threading.Thread(target=work.run_sweeper, args=(_sweeping,), daemon=True).start()
+    name = _node["name"]
+    if _node["pool"] == "prefork":  # consuming; its pool processes load their models
+        registry.ready(name)
+    threading.Thread(target=_tend, args=(name,), daemon=True).start()
+
+
+def _tend(name: str) -> None:
+    from pgrag.runtime import registry, work
+    from pgrag.runtime.settings import get_settings
+
+    sweeper = work.Sweeper()
+    while not _stopping.wait(get_settings().sweep_s):
+        try:
+            registry.seen(name)
+            sweeper.sweep()
+        except Exception as e:  # PostgreSQL or Redis away: try again at the next tick
+            log.warning("sweep failed: %s", e)
 
 
 @worker_shutdown.connect
-def _stop_sweeper(**_: Any) -> None:
-    _sweeping.set()
+def _stop(**_: Any) -> None:
+    from pgrag.runtime import registry
+
+    _stopping.set()
+    with contextlib.suppress(Exception):  # PostgreSQL away: the row just stops being seen
+        registry.unregister(_node["name"])

@@ -60,9 +60,12 @@ class Job(BaseModel):
     )
     error: str | None
     recovered: int = Field(
-        0, description="Units of work sent again after a lost worker or a lost message"
+        0, description="Times the job's work was sent again after a lost worker or message"
     )
-    last_recovery: str | None = Field(None, description="Why work was last sent again")
+    recoveries: dict[str, int] = Field(
+        default_factory=dict,
+        description='Those times per reason ("lease expired", "message lost")',
+    )
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
@@ -78,7 +81,8 @@ ERRORS_SHOWN = 100
 def _job(job: IngestJob, collection: str, with_errors: bool = True) -> Job:
     out = Job.model_validate(job, from_attributes=True)
     out.collection = collection
-    out.recovered, out.last_recovery = jobs.job_recoveries(job.id)
+    out.recoveries = jobs.job_recoveries(job.id)
+    out.recovered = sum(out.recoveries.values())
     if with_errors:
         out.errors = [
             JobError(ref=e.ref, reason=e.reason) for e in jobs.job_errors(job.id, ERRORS_SHOWN)

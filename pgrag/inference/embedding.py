@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerFast
 
+from pgrag.inference.batching import Batcher
 from pgrag.inference.weights import pick_backend, pick_device, resolve_model
 from pgrag.runtime.settings import get_settings
 from pgrag.store.schema import Collection
@@ -73,6 +74,10 @@ class Embedder:
         self.max_seq_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         self.tokenizer: PreTrainedTokenizerFast = copy.deepcopy(model.tokenizer)
         self._lock = threading.Lock()
+        # Questions of many threads, embedded together (a query worker's questions in flight).
+        self.queries: Batcher[str, np.ndarray] = Batcher(
+            lambda texts: list(self.encode(texts)), get_settings().embed_max_batch
+        )
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text as the model sees it: special tokens included, capped at

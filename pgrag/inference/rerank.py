@@ -19,6 +19,7 @@ the model's scores, and says nothing about rerank quality.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from functools import cache
 from typing import Protocol
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 
+from pgrag.inference.batching import Batcher
 from pgrag.inference.weights import pick_backend, pick_device, resolve_model
 from pgrag.runtime.settings import get_settings
 
@@ -90,10 +92,33 @@ def rerank_scores(
     batch_size: int = 32,
 ) -> np.ndarray:
     """The cross-encoder's score of each passage for `question`, in input order (float32)."""
-    if not passages:
-        return np.zeros(0, dtype=np.float32)
-    model = model or load_reranker()
     pairs = [(question, passage_text(p)) for p in passages]
+    return score_pairs(pairs, model=model or load_reranker(), batch_size=batch_size)
+
+
+def score_pairs(
+    pairs: Sequence[tuple[str, str]], *, model: CrossEncoder, batch_size: int = 32
+) -> np.ndarray:
+    """The cross-encoder's score of each (question, passage text) pair (float32)."""
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
     with torch.inference_mode():
-        scores = model.predict(pairs, batch_size=batch_size, show_progress_bar=False)
-    return np.asarray(scores, dtype=np.float32).reshape(len(passages))
+        scores = model.predict(list(pairs), batch_size=batch_size, show_progress_bar=False)
+    return np.asarray(scores, dtype=np.float32).reshape(len(pairs))
+
+
+def rerank_batched(question: str, passages: Sequence[Rerankable]) -> tuple[np.ndarray, int]:
+    """`rerank_scores` with the default reranker, in one call with the questions that other
+    threads rerank at the same time; and how many questions went in that call."""
+    return _batcher(load_reranker())((question, passages))
+
+
+@cache
+def _batcher(model: CrossEncoder) -> Batcher[tuple[str, Sequence[Rerankable]], np.ndarray]:
+    def score(items: list[tuple[str, Sequence[Rerankable]]]) -> list[np.ndarray]:
+        pairs = [(q, passage_text(p)) for q, passages in items for p in passages]
+        scores = score_pairs(pairs, model=model)
+        bounds = np.cumsum([0] + [len(passages) for _, passages in items])
+        return [scores[a:b] for a, b in itertools.pairwise(bounds)]
+
+    return Batcher(score, get_settings().rerank_max_questions)

@@ -53,13 +53,13 @@ def job_errors(job_id: int, limit: int | None = None) -> list[IngestError]:
         return list(s.scalars(query.limit(limit)))
 
 
-def job_recoveries(job_id: int) -> tuple[int, str | None]:
-    """Units of the job's work that the sweeper sent again, and why it last did."""
+def job_recoveries(job_id: int) -> dict[str, int]:
+    """How many times the sweeper sent the job's work again, per reason (pgrag.recoveries)."""
     with db.connect() as conn:
         row = conn.execute(
-            "SELECT recovered, last_recovery FROM pgrag.job_progress WHERE job_id = %s", (job_id,)
+            "SELECT recoveries FROM pgrag.job_progress WHERE job_id = %s", (job_id,)
         ).fetchone()
-    return (int(row[0]), row[1]) if row else (0, None)
+    return dict(row[0]) if row else {}
 
 
 def cancel_job(job_id: int) -> IngestJob:

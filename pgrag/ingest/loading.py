@@ -243,6 +243,7 @@ def embed_documents(job_id: int, document_ids: list[int]) -> None:
         jobs.bump(conn, job_id, docs_done=len(loads), docs_failed=failed, chunks_done=chunk_count)
         filled = _blocks_filled(conn, job_id, chunk_count)
         blocks = [work.add(conn, queue.INDEX_BLOCK, [job_id], job_id) for _ in range(filled)]
+        work.fence(conn)  # a worker that lost this batch's lease writes none of it
         conn.commit()
     for work_id in blocks:
         work.send(work_id, queue.INDEX_BLOCK, [job_id])

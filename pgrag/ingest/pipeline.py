@@ -239,6 +239,7 @@ def read_source(job_id: int) -> None:
             )
             args = [job_id, pending]
             work_id = work.add(conn, queue.EMBED_DOCUMENTS, args, job_id) if pending else None
+            work.fence(conn)  # a reader that lost its lease counts and queues nothing twice
             conn.commit()
             if work_id is not None:
                 work.send(work_id, queue.EMBED_DOCUMENTS, args)

@@ -42,7 +42,7 @@ from pgrag.store.collections import get_collection
 from pgrag.store.schema import TERMINAL_JOB_STATES, Collection, Query
 
 if TYPE_CHECKING:
-    from pgrag.query.retrieval import Passage
+    from pgrag.query.retrieval import Passage, Retrieval
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +148,23 @@ def _claim(query_id: uuid.UUID) -> Claimed | None:
     return Claimed(question, collection, Options(**known), state == "running", float(queued_ms))
 
 
+@dataclass
+class AnswerStream:
+    """The question's answer stream, written as this worker's attempt at the question (its
+    lease's): once another worker has taken the question over, writing raises LeaseLost."""
+
+    key: uuid.UUID
+    attempt: int
+
+    def send(self, event: str, data: dict[str, Any]) -> None:
+        if streaming.publish(self.key, event, data, self.attempt) is None:
+            raise work.LeaseLost(f"question {self.key} is answered by a later attempt")
+
+
 def answer(query_id: object) -> str:
     """Answer a queued question (in a query worker); returns its final state, or "skipped"
-    for an unknown or already answered question."""
+    for an unknown or already answered question. Raises `work.LeaseLost` when another
+    worker took the question over meanwhile (nothing more is written then)."""
     try:
         key = uuid.UUID(str(query_id))
     except ValueError:
@@ -161,19 +175,23 @@ def answer(query_id: object) -> str:
     if claimed is None:
         return "skipped"
     timings: dict[str, float] = {"queue": round(claimed.queued_ms, 1)}
+    held = work.current()
+    stream = AnswerStream(key, held.attempt if held else 0)
     if claimed.restarted:
         # Readers drop the pieces of the answer received so far.
         reason = "the worker answering it stopped; answering again"
-        streaming.publish(key, "status", {"state": "restarted", "reason": reason})
-    streaming.publish(key, "status", {"state": "running"})
+        stream.send("status", {"state": "restarted", "reason": reason})
+    stream.send("status", {"state": "running"})
     try:
-        _answer(key, claimed, timings, started)
+        _answer(stream, claimed, timings, started)
+    except work.LeaseLost:
+        raise
     except (AnswerError, GeneratorError, ValueError, LookupError) as e:
-        _fail(key, str(e).strip("'\""), timings, started)
+        _fail(stream, str(e).strip("'\""), timings, started)
         return "failed"
     except Exception as e:
         log.exception("answering %s failed", key)
-        _fail(key, f"internal error: {type(e).__name__}: {e}", timings, started)
+        _fail(stream, f"internal error: {type(e).__name__}: {e}", timings, started)
         return "failed"
     return "done"
 
@@ -182,26 +200,30 @@ def _ms(since: float) -> float:
     return round((time.perf_counter() - since) * 1000, 1)
 
 
-def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started: float) -> None:
-    question, options = claimed.question.strip(), claimed.options
+def _answer(
+    stream: AnswerStream, claimed: Claimed, timings: dict[str, float], started: float
+) -> None:
+    key, question, options = stream.key, claimed.question.strip(), claimed.options
     options.generator = options.generator or get_settings().generator
     _check(question, options)
     collection = _searchable_collection(key, claimed.collection)
 
-    streaming.publish(key, "status", {"state": "retrieving"})
-    vector, found, reranked = _retrieve(collection, question, options, timings)
+    stream.send("status", {"state": "retrieving"})
+    retrieved, reranked = _retrieve(collection, question, options, timings)
+    vector, found = retrieved.query_vector, retrieved.passages
+    assert vector is not None  # a hybrid search embeds the question
     passages = [_passage_json(n, p) for n, p in enumerate(found, 1)]
-    streaming.publish(key, "passages", {"passages": passages})
+    stream.send("passages", {"passages": passages})
 
     t = time.perf_counter()
     if found:
-        streaming.publish(key, "status", {"state": "generating", "generator": options.generator})
-        text = _generate(key, collection, question, vector, found, options, timings, started)
+        stream.send("status", {"state": "generating", "generator": options.generator})
+        text = _generate(stream, collection, question, vector, found, options, timings, started)
     else:
         where = " with these filters" if options.filters else ""
         text = f"No passage of collection {collection.name!r} matches the question{where}."
         timings["first_token"] = _ms(started)
-        streaming.publish(key, "token", {"text": text})
+        stream.send("token", {"text": text})
     timings["generate"] = _ms(t)
 
     citations = cite(text, passages)
@@ -209,6 +231,7 @@ def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started
     timings["total"] = _ms(started)
     timings = {s: timings[s] for s in TIMINGS if s in timings}
     with db.connect() as conn:
+        work.fence(conn)
         conn.execute(
             "UPDATE pgrag.queries SET state = 'done', collection_id = %s, answer = %s,"
             " short_answer = %s, citations = %s, passages = %s, timings = %s,"
@@ -222,41 +245,37 @@ def _answer(key: uuid.UUID, claimed: Claimed, timings: dict[str, float], started
                 Jsonb(passages),
                 Jsonb(timings),
                 np.asarray(vector, dtype=np.float32),
-                Jsonb({"generator": options.generator, "rerank": reranked}),
+                Jsonb(
+                    {
+                        "generator": options.generator,
+                        "rerank": reranked,
+                        "batches": retrieved.batches,
+                    }
+                ),
                 key,
             ),
         )
     done = {"answer": text, "short_answer": short, "citations": citations, "timings": timings}
-    streaming.publish(key, "done", done)
+    stream.send("done", done)
 
 
 def _retrieve(
     collection: Collection, question: str, options: Options, timings: dict[str, float]
-) -> tuple[np.ndarray, list[Passage], bool]:
-    """The question's embedding, its k passages, and whether they were reranked."""
+) -> tuple[Retrieval, bool]:
+    """The question's hybrid search (its embedding included), and whether it was reranked."""
     # Imported here: submitting (the CLI, the API) needs none of the models.
     from pgrag.query import retrieval
 
-    t = time.perf_counter()
-    vector = retrieval.embed_query(collection, question)
-    timings["embed"] = _ms(t)
     rerank = _reranker_ready() if options.rerank is None else options.rerank
     found = retrieval.retrieve(
-        collection,
-        question,
-        k=options.k,
-        filters=options.filters,
-        rerank=rerank,
-        query_vector=vector,
+        collection, question, k=options.k, filters=options.filters, rerank=rerank
     )
-    timings.update(
-        {s: round(found.timings[s], 1) for s in ("recall", "rerank") if s in found.timings}
-    )
-    return vector, found.passages, rerank
+    timings.update({s: round(ms, 1) for s, ms in found.timings.items()})
+    return found, rerank
 
 
 def _generate(
-    key: uuid.UUID,
+    stream: AnswerStream,
     collection: Collection,
     question: str,
     vector: np.ndarray,
@@ -276,7 +295,7 @@ def _generate(
         embed=collection_embedder(collection).encode,  # for extractive
         question_vector=vector,
     )
-    tokens = streaming.TokenBuffer(lambda text: streaming.publish(key, "token", {"text": text}))
+    tokens = streaming.TokenBuffer(lambda text: stream.send("token", {"text": text}))
     pieces: list[str] = []
     try:
         for piece in get_generator(options.generator).stream(request):
@@ -335,6 +354,24 @@ def _searchable_collection(key: uuid.UUID, name: str) -> Collection:
         f"collection {name!r} has no search index yet: it has no documents; "
         f"ingest some with `pgrag ingest SOURCE --collection {name}`"
     )
+
+
+def warm_up() -> list[str]:
+    """Load every model a query worker answers with by default, before it takes a question:
+    the default embedder, the cross-encoder when one loads, the default generator's model.
+    Returns what was loaded."""
+    from pgrag.inference.embedding import load_embedder
+
+    settings = get_settings()
+    load_embedder(settings.embed_model, settings.device)
+    loaded = [f"embedder {settings.embed_model}"]
+    if _reranker_ready():
+        loaded.append(f"reranker {settings.rerank_model}")
+    generator = get_generator(settings.generator)
+    if hasattr(generator, "load"):  # a model of its own (the local one)
+        generator.load()
+    loaded.append(f"generator {settings.generator}")
+    return loaded
 
 
 @cache
@@ -397,12 +434,13 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return list(cited.values())
 
 
-def _fail(key: uuid.UUID, reason: str, timings: dict[str, float], started: float) -> None:
+def _fail(stream: AnswerStream, reason: str, timings: dict[str, float], started: float) -> None:
     timings["total"] = _ms(started)
     with db.connect() as conn:
+        work.fence(conn)
         conn.execute(
             "UPDATE pgrag.queries SET state = 'failed', error = %s, timings = %s,"
             " finished_at = now() WHERE id = %s",
-            (reason, Jsonb(timings), key),
+            (reason, Jsonb(timings), stream.key),
         )
-    streaming.publish(key, "error", {"reason": reason})
+    stream.send("error", {"reason": reason})

@@ -54,6 +54,9 @@ class Passage:
 class Retrieval:
     passages: list[Passage]  # the top k, best first
     timings: dict[str, float]  # milliseconds: embed, recall, rerank (the stages that ran)
+    # Questions in the model call that served this one, per stage (see `Batcher`).
+    batches: dict[str, int] = field(default_factory=dict)
+    query_vector: np.ndarray | None = None  # the query's embedding (dense and hybrid)
 
 
 # The inner ORDER BY ... LIMIT is what the HNSW index serves; with an iterative scan the
@@ -130,18 +133,19 @@ def lexical_recall(
     return [_passage(row, "lexical", float(row[7]), rank) for rank, row in enumerate(rows, 1)]
 
 
-def rerank_passages(query: str, passages: list[Passage], top_n: int) -> list[Passage]:
+def rerank_passages(query: str, passages: list[Passage], top_n: int) -> tuple[list[Passage], int]:
     """The first `top_n` passages sorted by the cross-encoder's score (kept as "rerank"),
-    then the rest in their order."""
-    from pgrag.inference.rerank import rerank_scores
+    then the rest in their order; and how many questions were reranked in that batch."""
+    from pgrag.inference.rerank import rerank_batched
 
     head, tail = passages[:top_n], passages[top_n:]
-    for p, score in zip(head, rerank_scores(query, head), strict=True):
+    scores, batch = rerank_batched(query, head)
+    for p, score in zip(head, scores, strict=True):
         p.scores["rerank"] = float(score)
     head.sort(key=lambda p: -p.scores["rerank"])
     for rank, p in enumerate(head, 1):
         p.ranks["rerank"] = rank
-    return head + tail
+    return head + tail, batch
 
 
 @contextmanager
@@ -179,10 +183,11 @@ def retrieve(
     top_n = get_settings().rerank_top_n
     depth = max(k, top_n) if (rerank or mode == "hybrid") else k
     timings: dict[str, float] = {}
+    batches: dict[str, int] = {}
 
     if mode != "lexical" and query_vector is None:
         with _timed(timings, "embed"):
-            query_vector = embed_query(collection, query)
+            query_vector, batches["embed"] = embed_query_batched(collection, query)
     lists: dict[str, list[Passage]] = {}
     with _timed(timings, "recall"), db.connect() as conn:
         if mode != "lexical":
@@ -196,15 +201,21 @@ def retrieve(
         passages = lists[mode]
     if rerank:
         with _timed(timings, "rerank"):
-            passages = rerank_passages(query, passages, top_n)
-    return Retrieval(passages[:k], timings)
+            passages, batches["rerank"] = rerank_passages(query, passages, top_n)
+    return Retrieval(passages[:k], timings, batches, query_vector)
 
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
+    return embed_query_batched(collection, text)[0]
+
+
+def embed_query_batched(collection: Collection, text: str) -> tuple[np.ndarray, int]:
+    """The query's embedding, computed in one forward pass with the queries that other
+    threads embed at the same time; and how many went in that pass."""
     # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
     from pgrag.inference.embedding import collection_embedder
 
-    return collection_embedder(collection).encode([text])[0]
+    return collection_embedder(collection).queries(text)
 
 
 def search(

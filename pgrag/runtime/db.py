@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -38,24 +39,28 @@ def _reset(conn: psycopg.Connection) -> None:
 
 # Pools by (process, URL). A forked child (a Celery pool process) makes its own, and keeps
 # the parent's it inherited referenced: collecting them would close sockets the parent uses.
+# Threads share their process's pool; the lock keeps two of them from each making one (the
+# loser, collected, would stop its pool's threads from a thread of its own and fail).
 _pools: dict[tuple[int, str], ConnectionPool] = {}
+_pools_lock = threading.Lock()
 
 
 def _pool(url: str) -> ConnectionPool:
     key = (os.getpid(), url)
-    if key not in _pools:
-        _pools[key] = ConnectionPool(
-            url,
-            min_size=0,
-            max_size=POOL_SIZE,
-            configure=register_vector,
-            reset=_reset,
-            check=ConnectionPool.check_connection,  # one after a server restart is replaced
-            max_idle=60,
-            name=f"pgrag-{os.getpid()}",
-            open=True,
-        )
-    return _pools[key]
+    with _pools_lock:
+        if key not in _pools:
+            _pools[key] = ConnectionPool(
+                url,
+                min_size=0,
+                max_size=POOL_SIZE,
+                configure=register_vector,
+                reset=_reset,
+                check=ConnectionPool.check_connection,  # one after a server restart is replaced
+                max_idle=60,
+                name=f"pgrag-{os.getpid()}",
+                open=True,
+            )
+        return _pools[key]
 
 
 @contextmanager

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgrag.runtime.settings import Settings
+from pgrag.runtime.settings import Settings, get_settings
 
 
 @dataclass(frozen=True)
@@ -23,10 +23,19 @@ class Process:
     argv: list[str]
 
 
-def worker(queue: str, concurrency: int = 1, name: str | None = None) -> Process:
-    """A Celery worker consuming `queue` (or several, comma-separated) with `concurrency`
-    pool processes; `name` (default: the queue) names its node and pid file."""
+def worker(queue: str, concurrency: int | None = None, name: str | None = None) -> Process:
+    """A Celery worker consuming `queue` (or several, comma-separated); `name` (default: the
+    queue) names its node and pid file.
+
+    A query worker runs its questions in threads, up to PGRAG_QUERY_CONCURRENCY at once: they
+    wait on I/O (the LLM server, PostgreSQL, Redis) and share one copy of each model. Other
+    workers run `concurrency` (default 1) pool processes, each with its own model.
+    """
     name = name or queue
+    if queue == "query":
+        pool, concurrency = "threads", concurrency or get_settings().query_concurrency
+    else:
+        pool, concurrency = "prefork", concurrency or 1
     return Process(
         f"worker-{name}",
         [
@@ -38,6 +47,8 @@ def worker(queue: str, concurrency: int = 1, name: str | None = None) -> Process
             "worker",
             "-Q",
             queue,
+            "-P",
+            pool,
             "-c",
             str(concurrency),
             "-n",

@@ -6,8 +6,12 @@ sends tasks by name and never imports the workers.
 
 from __future__ import annotations
 
+import json
+import time
+import uuid
 from functools import cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from celery import Celery
 
@@ -60,9 +64,30 @@ def _client() -> Celery:
     return make_celery()
 
 
+def deployment() -> str:
+    """This deployment's name in the ledger (`pgrag.work.broker`): PGRAG_DEPLOYMENT, or the
+    broker's URL without its credentials."""
+    name = get_settings().deployment
+    if name:
+        return name
+    url = urlsplit(redis_url())
+    return f"{url.scheme}://{url.hostname}:{url.port or 6379}{url.path or '/0'}"
+
+
+# A message's task id names its work: `work-<id>-<random>`. Celery keeps the id when it
+# retries a task, so a retry waiting for its countdown is still known as that work's.
+WORK_ID_PREFIX = "work-"
+
+
 def enqueue(task: str, *args: Any, work_id: int) -> None:
     """Send `task` with its arguments and its row in `pgrag.work` (see `pgrag.work.send`)."""
-    _client().send_task(task, args=args, kwargs={"work_id": work_id}, queue=QUEUES[task])
+    _client().send_task(
+        task,
+        args=args,
+        kwargs={"work_id": work_id},
+        queue=QUEUES[task],
+        task_id=f"{WORK_ID_PREFIX}{work_id}-{uuid.uuid4().hex[:12]}",
+    )
 
 
 # kombu's Redis transport keeps a queue as a list per priority step: the name, then the name
@@ -75,3 +100,24 @@ def queue_length(name: str) -> int:
     with _client().connection_for_write() as conn:
         client = conn.default_channel.client
         return sum(int(client.llen(name + suffix)) for suffix in _PRIORITY_SUFFIXES)
+
+
+def held_work(delivered_within_s: float) -> set[int]:
+    """Work whose message a worker holds: delivered to it within the last
+    `delivered_within_s` seconds and not yet acknowledged (kombu keeps such messages in the
+    `unacked` hash, their delivery times in `unacked_index`). A message held for longer
+    without its work being claimed belongs to a worker that died before starting it."""
+    with _client().connection_for_write() as conn:
+        channel = conn.default_channel
+        client = channel.client
+        since = time.time() - delivered_within_s
+        tags = client.zrangebyscore(channel.unacked_index_key, since, "+inf")
+        raws = client.hmget(channel.unacked_key, tags) if tags else []
+    held = set()
+    for raw in raws:
+        if raw is None:  # acknowledged meanwhile
+            continue
+        task_id = str(json.loads(raw)[0].get("headers", {}).get("id", ""))
+        if task_id.startswith(WORK_ID_PREFIX):
+            held.add(int(task_id[len(WORK_ID_PREFIX) :].split("-", 1)[0]))
+    return held

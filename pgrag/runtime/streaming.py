@@ -10,7 +10,10 @@ object):
     error     {"reason": "..."}
 
 `done` or `error` is always the last event. Every write renews the stream's expiry
-(PGRAG_ANSWER_TTL_S). Readers start from id 0, so a reader that comes late (or reconnects)
+(PGRAG_ANSWER_TTL_S). A worker writes as an attempt at the question (its lease's attempt,
+`pgrag.runtime.work`): once a later attempt has written, an earlier one's events are refused,
+so a worker that lost its lease while paused cannot add to the answer of the one that took
+the question over. Readers start from id 0, so a reader that comes late (or reconnects)
 gets every event from the first; the final answer also stays in `pgrag.queries`.
 """
 
@@ -62,14 +65,31 @@ def connection() -> redis.Redis:
     return _client(redis_url())
 
 
-def publish(query_id: object, event: str, data: dict[str, Any]) -> str:
-    """Append one event to the question's stream and renew its expiry; returns its id."""
-    pipe = connection().pipeline(transaction=True)
+# KEYS: the stream, its attempt; ARGV: the writer's attempt, event, data, TTL. Atomic in Redis.
+PUBLISH = """
+local latest = tonumber(redis.call('GET', KEYS[2]) or '0')
+local mine = tonumber(ARGV[1])
+if mine < latest then return false end
+redis.call('SET', KEYS[2], mine, 'EX', ARGV[4])
+local id = redis.call('XADD', KEYS[1], '*', 'event', ARGV[2], 'data', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return id
+"""
+
+
+@cache
+def _publish_script(url: str) -> Any:
+    return _client(url).register_script(PUBLISH)
+
+
+def publish(query_id: object, event: str, data: dict[str, Any], attempt: int = 0) -> str | None:
+    """Append one event to the question's stream as `attempt` and renew its expiry; returns
+    its id, or None when a later attempt has written to the stream (the event is dropped)."""
     key = stream_key(query_id)
-    pipe.xadd(key, {"event": event, "data": json.dumps(data, default=str)})
-    pipe.expire(key, get_settings().answer_ttl_s)
-    entry_id, _ = pipe.execute()
-    return str(entry_id)
+    payload = json.dumps(data, default=str)
+    args = [attempt, event, payload, get_settings().answer_ttl_s]
+    entry_id = _publish_script(redis_url())(keys=[key, f"{key}:attempt"], args=args)
+    return None if entry_id is None else str(entry_id)
 
 
 def exists(query_id: object) -> bool:

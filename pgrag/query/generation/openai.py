@@ -36,7 +36,11 @@ class OpenAIGenerator:
         self._model = model if model is not None else settings.openai_model
         key = settings.openai_api_key if api_key is None else api_key
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self.client = httpx.Client(headers=headers)
+        # One client for all of a query worker's threads: a stream each, all at once.
+        limits = httpx.Limits(
+            max_connections=None, max_keepalive_connections=settings.query_concurrency
+        )
+        self.client = httpx.Client(headers=headers, limits=limits)
 
     def stream(self, request: Request) -> Iterator[str]:
         settings = get_settings()

@@ -1,0 +1,76 @@
+"""Dynamic batching across threads: one model call for the inputs that arrive together.
+
+A query worker answers many questions at once, one thread each. Each thread hands its input
+(a question to embed, a question's passages to rerank) to the model's `Batcher` and waits;
+whenever the model is free, the thread that finds it free runs one call over every input
+waiting then, up to `max_items`, and the others wake with their results. Under load the
+inputs that gather while one call runs go in the next, so the batch grows with the load and
+a single caller never waits for a batch to fill (as inference servers batch requests).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class _Slot(Generic[In, Out]):
+    item: In
+    done: bool = False
+    result: Out | None = None
+    error: BaseException | None = None
+    batch: int = 0  # how many inputs went in the call that served it
+
+
+class Batcher(Generic[In, Out]):
+    """`batcher(item)` is `fn([item])[0]`, computed in one call of `fn` with the items that
+    other threads submit meanwhile. `fn` runs one call at a time."""
+
+    def __init__(self, fn: Callable[[list[In]], Sequence[Out]], max_items: int) -> None:
+        self.fn = fn
+        self.max_items = max(1, max_items)
+        self._cond = threading.Condition()
+        self._waiting: list[_Slot[In, Out]] = []
+        self._running = False
+
+    def __call__(self, item: In) -> tuple[Out, int]:
+        """`item`'s result, and the number of items in the call that computed it."""
+        slot: _Slot[In, Out] = _Slot(item)
+        with self._cond:
+            self._waiting.append(slot)
+        while True:
+            with self._cond:
+                while self._running and not slot.done:
+                    self._cond.wait()
+                if slot.done:
+                    break
+                # The model is free: this thread runs it for everyone waiting (oldest first).
+                batch = self._waiting[: self.max_items]
+                del self._waiting[: len(batch)]
+                self._running = True
+            try:
+                self._run(batch)
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
+        if slot.error is not None:
+            raise slot.error
+        return slot.result, slot.batch  # type: ignore[return-value]
+
+    def _run(self, batch: list[_Slot[In, Out]]) -> None:
+        try:
+            results = self.fn([s.item for s in batch])
+            for s, result in zip(batch, results, strict=True):
+                s.result = result
+        except BaseException as e:  # every caller of the batch gets the error
+            for s in batch:
+                s.error = e
+        for s in batch:
+            s.batch, s.done = len(batch), True
