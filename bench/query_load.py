@@ -15,8 +15,9 @@ answer at the same pace however many are in flight (1.3 s by default: first toke
 0.5 s, then 39 more 20 ms apart), like a batching server.
 
 Reported per level: questions/s, p50/p95/p99 latency (asked -> done) and time to the first
-token (asked -> first token event), the server's peak of concurrent requests, and the mean
-and largest number of questions the worker embedded (and reranked) in one forward pass.
+token (asked -> first token event), the server's peak of concurrent requests, the mean
+and largest number of questions the worker embedded (and reranked) in one forward pass, the
+worker's CPU milliseconds per question, and the share of the machine other processes took.
 `--baseline` adds a row for one question at a time (a prefork worker with one process: the
 query worker before it held many questions), at level 20. `--rerank-model` reranks with that
 cross-encoder (its cost bounds the rate on a CPU).
@@ -39,6 +40,7 @@ import numpy as np
 
 from bench.common import (
     ROOT,
+    CpuMeter,
     Home,
     default_out,
     exit_on_sigterm,
@@ -244,7 +246,17 @@ def main() -> None:
                             server.reset()
                             print(f"{generator}: {clients} clients...", file=sys.stderr)
                             n = max(20, 2 * clients)
+                            meter = CpuMeter(
+                                {
+                                    "query_worker": worker.proc.pid,
+                                    "postgres": home.postmaster_pid,
+                                    "redis": home.redis_pid,
+                                    "llm_server": server.proc.pid,
+                                },
+                                {"clients": os.getpid()},
+                            ).start()
                             row = level(collection, clients, n, rerank)
+                            row["cpu"] = meter.stop().as_dict()
                         finally:
                             worker.stop()
                         row |= {
@@ -263,6 +275,7 @@ def main() -> None:
 
     headers = ["generator", "worker", "clients", "q/s", "p50 s", "p95 s", "p99 s", "ttft p50"]
     headers += ["server peak", "embed batch mean/max", "rerank batch mean/max", "errors"]
+    headers += ["worker CPU ms/q", "others' CPU share"]
     rows = [
         [
             r["generator"],
@@ -277,6 +290,8 @@ def main() -> None:
             f"{r.get('embed_batch_mean', '-')}/{r.get('embed_batch_max', '-')}",
             f"{r.get('rerank_batch_mean', '-')}/{r.get('rerank_batch_max', '-')}",
             r["errors"],
+            round(1000 * r["cpu"]["cpu_s"]["query_worker"] / r["questions"], 1),
+            r["cpu"]["other_share_of_machine"],
         ]
         for r in runs
     ]

@@ -11,6 +11,11 @@ undisturbed, then once per fault at a random point of its load phase:
 - broker: Redis stopped and started again empty, on the same port (every message lost);
 - postgres: the PostgreSQL server restarted (fast shutdown, start).
 
+Then questions: a query worker SIGKILLed (its process group) with `--questions` in flight,
+each streaming from `bench/llm_server.py` (answers of about 3 s), and a new one started at
+once: the seconds from the kill to the last answer, how many readers were told `restarted`,
+and that each question ended done, stored once.
+
 Reported per fault: seconds from the fault to `done`; the seconds the replacement worker
 took to start (a process start, not recovery); the extra time over the undisturbed run; the
 work recovered and why; the chunk and duplicate counts. The broker's visibility timeout
@@ -23,6 +28,7 @@ Prints a table and writes JSON (default bench/results/recovery-<time>.json).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import random
 import shutil
@@ -37,6 +43,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
+    ROOT,
     Home,
     Worker,
     default_out,
@@ -50,6 +57,7 @@ from bench.pipeline import SCIFACT, bench_embed_worker, write_source
 FAULTS = ("none", "embed", "ingest", "broker", "postgres")
 HEADERS = ["fault", "state", "job s", "fault->done s", "new worker start s", "extra s"]
 HEADERS += ["chunks", "dups", "recov", "why"]
+QUESTION_COLUMNS = ["questions", "kill_to_last_answer_s", "done", "told_restarted", "stored_done"]
 
 
 def restart_postgres(home: Home) -> None:
@@ -156,10 +164,68 @@ def run(home: Home, source: Path, fault: str, at: float, collection: str) -> dic
     }
 
 
+def kill_query_worker(home: Home, n: int) -> dict[str, Any]:
+    """A query worker killed with `n` questions in flight; another answers them."""
+    from bench.llm_server import SimulatedLLM
+    from bench.query_latency import QUESTIONS, ingest
+    from bench.query_load import QueryWorker
+    from pgrag import client
+    from pgrag.query import answering
+    from pgrag.runtime import db
+
+    collection = ingest(home, ROOT / "examples" / "corpus", "recovery-questions")
+    server = SimulatedLLM(ttft_s=1.0, tokens=40, pace_s=0.05)
+    env = {
+        "PGRAG_GENERATOR": "openai",
+        "PGRAG_OPENAI_BASE_URL": server.url,
+        "PGRAG_OPENAI_MODEL": "simulated",
+    }
+    workers = [QueryWorker(home, env)]
+    try:
+        ids = [answering.submit(QUESTIONS[i % len(QUESTIONS)], collection) for i in range(n)]
+        while server.stats()["in_flight"] < n:
+            time.sleep(0.02)
+        os.killpg(workers[0].proc.pid, signal.SIGKILL)
+        killed = time.perf_counter()
+        workers.append(QueryWorker(home, env))
+
+        async def follow_all() -> list[list[Any]]:
+            async def one(query_id: Any) -> list[Any]:
+                return [e async for e in client.afollow(query_id, timeout_s=600)]
+
+            return await asyncio.gather(*(one(i) for i in ids))
+
+        followed = asyncio.run(follow_all())
+        last_answer_s = time.perf_counter() - killed
+    finally:
+        for w in workers:
+            w.stop()
+        server.stop()
+    with db.connect() as conn:
+        stored = conn.execute(
+            "SELECT count(*) FILTER (WHERE state = 'done'), count(DISTINCT id)"
+            " FROM pgrag.queries WHERE id = ANY(%s)",
+            (ids,),
+        ).fetchone()
+    assert stored is not None
+    return {
+        "questions": n,
+        "kill_to_last_answer_s": round(last_answer_s, 2),
+        "answer_s": server.answer_s,
+        "done": sum(events[-1].type == "done" for events in followed),
+        "told_restarted": sum(
+            any(e.data.get("state") == "restarted" for e in events) for events in followed
+        ),
+        "stored_done": int(stored[0]),
+        "rows": int(stored[1]),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--chunks", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--questions", type=int, default=48, help="in flight at the kill")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     exit_on_sigterm()
@@ -171,6 +237,8 @@ def main() -> None:
         for i, fault in enumerate(FAULTS):
             print(f"job with fault: {fault}", file=sys.stderr)
             results.append(run(home, source, fault, rng.uniform(0.2, 0.7), f"rec{i}"))
+        print("questions, query worker killed", file=sys.stderr)
+        questions = kill_query_worker(home, args.questions)
     base = results[0]
     rows = []
     for r in results:
@@ -196,7 +264,14 @@ def main() -> None:
         rows,
         HEADERS,
     )
-    path = write_json(args.out or default_out("recovery"), "recovery", {"runs": results})
+    print_table(
+        f"A query worker killed with {questions['questions']} questions in flight"
+        f" (answers of {questions['answer_s']:.2f} s)",
+        [[questions[k] for k in QUESTION_COLUMNS]],
+        QUESTION_COLUMNS,
+    )
+    results_json = {"runs": results, "query_worker_killed": questions}
+    path = write_json(args.out or default_out("recovery"), "recovery", results_json)
     print(f"\nwrote {path}")
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 In = TypeVar("In")
@@ -22,6 +22,7 @@ Out = TypeVar("Out")
 @dataclass
 class _Slot(Generic[In, Out]):
     item: In
+    wake: threading.Event = field(default_factory=threading.Event)  # done, or to lead
     done: bool = False
     result: Out | None = None
     error: BaseException | None = None
@@ -30,36 +31,37 @@ class _Slot(Generic[In, Out]):
 
 class Batcher(Generic[In, Out]):
     """`batcher(item)` is `fn([item])[0]`, computed in one call of `fn` with the items that
-    other threads submit meanwhile. `fn` runs one call at a time."""
+    other threads submit meanwhile. `fn` runs one call at a time, in the thread of the
+    oldest waiting item; when it returns, the oldest item still waiting leads the next
+    call (only its thread wakes, not every waiting one)."""
 
     def __init__(self, fn: Callable[[list[In]], Sequence[Out]], max_items: int) -> None:
         self.fn = fn
         self.max_items = max(1, max_items)
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: list[_Slot[In, Out]] = []
-        self._running = False
+        self._running = False  # a thread leads a call now, or has been woken to
 
     def __call__(self, item: In) -> tuple[Out, int]:
         """`item`'s result, and the number of items in the call that computed it."""
         slot: _Slot[In, Out] = _Slot(item)
-        with self._cond:
+        with self._lock:
             self._waiting.append(slot)
-        while True:
-            with self._cond:
-                while self._running and not slot.done:
-                    self._cond.wait()
-                if slot.done:
-                    break
-                # The model is free: this thread runs it for everyone waiting (oldest first).
+            lead, self._running = not self._running, True
+        if not lead:
+            slot.wake.wait()  # served, or handed the lead
+        if not slot.done:  # leading: this slot is the oldest waiting, so in this call
+            with self._lock:
                 batch = self._waiting[: self.max_items]
                 del self._waiting[: len(batch)]
-                self._running = True
             try:
                 self._run(batch)
             finally:
-                with self._cond:
-                    self._running = False
-                    self._cond.notify_all()
+                with self._lock:
+                    if self._waiting:
+                        self._waiting[0].wake.set()
+                    else:
+                        self._running = False
         if slot.error is not None:
             raise slot.error
         return slot.result, slot.batch  # type: ignore[return-value]
@@ -74,3 +76,4 @@ class Batcher(Generic[In, Out]):
                 s.error = e
         for s in batch:
             s.batch, s.done = len(batch), True
+            s.wake.set()

@@ -30,7 +30,7 @@ import redis
 import redis.asyncio
 
 from pgrag.runtime.services import redis_url
-from pgrag.runtime.settings import get_settings
+from pgrag.runtime.settings import Settings, get_settings
 
 FINAL = frozenset({"done", "error"})
 READ_TIMEOUT_S = 600.0
@@ -61,8 +61,15 @@ def _client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, decode_responses=True)
 
 
+@cache
+def _url(settings: Settings) -> str:
+    """Redis's URL for these settings, found once: finding the embedded server's reads its
+    port file and connects, too much for every event of a busy query worker."""
+    return redis_url(settings)
+
+
 def connection() -> redis.Redis:
-    return _client(redis_url())
+    return _client(_url(get_settings()))
 
 
 # KEYS: the stream, its attempt; ARGV: the writer's attempt, event, data, TTL. Atomic in Redis.
@@ -88,7 +95,7 @@ def publish(query_id: object, event: str, data: dict[str, Any], attempt: int = 0
     key = stream_key(query_id)
     payload = json.dumps(data, default=str)
     args = [attempt, event, payload, get_settings().answer_ttl_s]
-    entry_id = _publish_script(redis_url())(keys=[key, f"{key}:attempt"], args=args)
+    entry_id = _publish_script(_url(get_settings()))(keys=[key, f"{key}:attempt"], args=args)
     return None if entry_id is None else str(entry_id)
 
 
@@ -159,7 +166,7 @@ async def aread(
     """`read` for asyncio (the API's server-sent events)."""
     key, last = stream_key(query_id), after
     deadline = time.monotonic() + timeout_s
-    r = redis.asyncio.Redis.from_url(redis_url(), decode_responses=True)
+    r = redis.asyncio.Redis.from_url(_url(get_settings()), decode_responses=True)
     try:
         while time.monotonic() < deadline:
             reply = await r.xread({key: last}, count=256, block=_block_ms(deadline))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from pgrag.query.fusion import Fusion
 from pgrag.runtime import db
@@ -27,9 +27,13 @@ class CollectionExists(ValueError):
     pass
 
 
+# Built once: a query worker looks its collection up for every question.
+BY_NAME = select(Collection).where(Collection.name == bindparam("name"))
+
+
 def get_collection(name: str) -> Collection:
     with db.session() as s:
-        found = s.scalar(select(Collection).where(Collection.name == name))
+        found = s.scalar(BY_NAME, {"name": name})
     if found is None:
         raise UnknownCollection(name)
     return found
