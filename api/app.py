@@ -1,4 +1,4 @@
-"""The HTTP API: `uvicorn api.app:app` (or `pgrag up --api-port 8080`).
+"""The HTTP API: `uvicorn pgrag.api.app:app` (or `pgrag up --api-port 8080`).
 
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
 a `pgrag` function and shape its result. Every route but /healthz needs an API key
@@ -11,9 +11,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.limits import BodyLimit
-from api.routes import answers, health, ingest, search
 from pgrag.runtime.services import ServiceError
+
+from .limits import BodyLimit
+from .routes import answers, health, ingest, search
 
 
 def create_app() -> FastAPI:

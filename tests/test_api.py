@@ -1,4 +1,4 @@
-"""The HTTP API end to end: a real uvicorn serving `api.app:app` on a loopback port, in front
+"""The HTTP API end to end: a real uvicorn serving `pgrag.api.app:app` on a loopback port, in front
 of real PostgreSQL + pgvector, Redis and Celery workers; answers read as server-sent events
 with a real HTTP client. Requests carry an admin key here; tests/test_security.py tries the
 others."""

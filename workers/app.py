@@ -13,7 +13,7 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_read
 from pgrag.runtime.queue import make_celery
 
 app = make_celery()
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["pgrag.workers.tasks"]
 
 # Queues whose tasks embed text: their pool processes load the default model up front, and
 # each logs WARM when it has (the benches wait for these lines before they time anything).

@@ -12,12 +12,13 @@ from fastapi import APIRouter, Depends, HTTPException, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import check_collection, rate_limit, requires
 from pgrag.ingest import jobs, pipeline, uploads
 from pgrag.ingest.sources import allowed_path
 from pgrag.runtime.settings import get_settings
 from pgrag.store.collections import get_collection_by_id
 from pgrag.store.schema import ApiKey, IngestJob
+
+from ..auth import check_collection, rate_limit, requires
 
 IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg
@@ -17,7 +18,8 @@ from sqlalchemy.orm import Session
 
 from pgrag.runtime.services import database_url
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# The Alembic scripts: the repository's migrations/, installed as the package pgrag.migrations.
+MIGRATIONS = Path(str(files("pgrag.migrations")))
 
 
 def sqlalchemy_url(url: str | None = None) -> str:
