@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from pgrag.runtime.services import ServiceError
 
 from .limits import BodyLimit
-from .routes import answers, health, ingest, search
+from .routes import answers, collections, health, ingest, search
 
 
 def create_app() -> FastAPI:
@@ -24,7 +24,7 @@ def create_app() -> FastAPI:
         description="Ingest documents into PostgreSQL + pgvector and answer questions over "
         "them: queued questions whose answers stream back as server-sent events.",
     )
-    for module in (answers, search, ingest, health):
+    for module in (answers, search, ingest, collections, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
 
