@@ -82,7 +82,10 @@ def test_healthz_and_openapi(api: str) -> None:
         "/v1/answers/{query_id}",
         "/v1/search",
         "/v1/ingest",
+        "/v1/jobs",
         "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/collections",
         "/v1/collections/{name}/documents",
         "/healthz",
     }
