@@ -132,6 +132,7 @@ def _admin_key(settings: Any) -> str:
 
 
 @main.command()
+@friendly_errors
 def status() -> None:
     """Say which services and workers are alive, and what work is in flight. Exits 1 when
     PostgreSQL or Redis is down."""
@@ -169,6 +170,7 @@ def status() -> None:
 
 
 @main.command()
+@friendly_errors
 def down() -> None:
     """Stop the workers and the embedded PostgreSQL and Redis."""
     from pgrag.runtime import processes, services
