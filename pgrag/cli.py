@@ -148,14 +148,14 @@ def status() -> None:
         click.echo(f"postgres  up    {services.database_url()}")
     except Exception as e:
         in_flight = None
-        down.append("postgres")
         click.echo(f"postgres  DOWN  {type(e).__name__}: {e}".strip())
+        down.append("postgres")
     try:
         redis.Redis.from_url(services.redis_url(), socket_timeout=2).ping()
         click.echo(f"redis     up    {services.redis_url()}")
     except Exception as e:
-        down.append("redis")
         click.echo(f"redis     DOWN  {type(e).__name__}: {e}".strip())
+        down.append("redis")
     alive = processes.running(settings)
     for proc in processes.default_processes(settings, None):
         pid = alive.get(proc.name)
