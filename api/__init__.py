@@ -1,1 +1,1 @@
-"""HTTP API of pgrag (FastAPI): `uvicorn api.app:app`."""
+"""HTTP API of pgrag (FastAPI): `uvicorn pgrag.api.app:app`."""

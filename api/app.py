@@ -1,4 +1,4 @@
-"""The HTTP API: `uvicorn api.app:app` (or `pgrag up --api-port 8080`).
+"""The HTTP API: `uvicorn pgrag.api.app:app` (or `pgrag up --api-port 8080`).
 
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
 a `pgrag` function and shape its result. Every route but /healthz needs an API key
@@ -11,9 +11,10 @@ from __future__ import annotations
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from api.limits import BodyLimit
-from api.routes import answers, health, ingest, search
 from pgrag.runtime.services import ServiceError
+
+from .limits import BodyLimit
+from .routes import answers, collections, health, ingest, search
 
 
 def create_app() -> FastAPI:
@@ -23,7 +24,7 @@ def create_app() -> FastAPI:
         description="Ingest documents into PostgreSQL + pgvector and answer questions over "
         "them: queued questions whose answers stream back as server-sent events.",
     )
-    for module in (answers, search, ingest, health):
+    for module in (answers, search, ingest, collections, health):
         app.include_router(module.router)
     app.add_middleware(BodyLimit)
 

@@ -32,7 +32,9 @@ UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
 @cache  # one callable per scope, so FastAPI resolves it once per request
-def requires(scope: str) -> Callable[..., ApiKey]:
+def requires(*scopes: str) -> Callable[..., ApiKey]:
+    """A key with one of `scopes` (admin has them all)."""
+
     def dependency(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
     ) -> ApiKey:
@@ -41,8 +43,8 @@ def requires(scope: str) -> Callable[..., ApiKey]:
         key = keys.authenticate(credentials.credentials)
         if key is None:
             raise HTTPException(401, "unknown or revoked API key", headers=UNAUTHORIZED)
-        if not key.allows(scope):
-            raise HTTPException(403, f"this key lacks the {scope!r} scope")
+        if not any(key.allows(scope) for scope in scopes):
+            raise HTTPException(403, f"this key lacks the {' or '.join(map(repr, scopes))} scope")
         return key
 
     return dependency

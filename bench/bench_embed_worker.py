@@ -1,6 +1,6 @@
 """Bench only: a Celery worker whose embedder skips the model.
 
-`bench/pipeline.py` starts it in place of `celery -A workers.app worker ...` to measure the
+`bench/pipeline.py` starts it in place of `celery -A pgrag.workers.app worker ...` to measure the
 pipeline's ceiling: everything real (tokenizer, chunking, COPY, lexical index, HNSW build)
 except the model's forward pass, which a GPU makes nearly free. Each text gets a
 deterministic unit vector derived from its CRC-32. Nothing in pgrag can reach this file.

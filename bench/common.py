@@ -202,7 +202,7 @@ class Worker:
     def wait_ready(self, timeout: float = 120) -> None:
         """Until the worker consumes and, on a model queue, every pool process has loaded
         the model (which a timed run must not include)."""
-        from workers.app import MODEL_QUEUES, WARM
+        from pgrag.workers.app import MODEL_QUEUES, WARM
 
         # Each pool process loads the model; a query worker's threads share its main one's.
         warm = self.concurrency if self.name in MODEL_QUEUES else 0

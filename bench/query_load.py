@@ -89,7 +89,7 @@ class QueryWorker:
 
 
 class Api:
-    """`uvicorn api.app:app` with an admin key, unlimited asks; this process's client
+    """`uvicorn pgrag.api.app:app` with an admin key, unlimited asks; this process's client
     (`pgrag.client`) goes through it while it runs."""
 
     def __init__(self, home: Home) -> None:
@@ -100,7 +100,7 @@ class Api:
         _, token = keys.create_key("bench-query-load", ["admin"])
         port = free_port()
         env = {**os.environ, **home.env, "PGRAG_RATE_ASK_PER_MIN": "0"}
-        argv = [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port)]
+        argv = [sys.executable, "-m", "uvicorn", "pgrag.api.app:app", "--port", str(port)]
         argv += ["--log-level", "warning", "--backlog", "4096"]
         self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, start_new_session=True)
         self.saved = {k: os.environ.get(k) for k in ("PGRAG_API_URL", "PGRAG_API_KEY")}

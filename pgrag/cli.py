@@ -9,10 +9,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import wraps
+from types import SimpleNamespace
 from typing import Any, TypeVar
 
 import click
 
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -23,18 +25,45 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def friendly_errors(fn: F) -> F:
-    """Turn the errors a user can cause into one clear line and exit status 1."""
-    from pgrag.remote import ApiError
-    from pgrag.runtime.services import ServiceError
+    """Print the errors a user can cause or fix (`UserError`s, a server that cannot be
+    reached) as one clear line, with exit status 1. Anything else is a bug: its traceback
+    is kept."""
 
     @wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ServiceError, ApiError, LookupError, ValueError) as e:
-            raise click.ClickException(str(e).strip("'\"")) from None
+        except UserError as e:
+            raise click.ClickException(str(e)) from None
+        except Exception as e:
+            if (reason := unreachable(e)) is None:
+                raise
+            raise click.ClickException(reason) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def unreachable(e: Exception) -> str | None:
+    """What to say when `e` is a failure to reach PostgreSQL, Redis or the API; else None."""
+    import httpx
+    import psycopg
+    import redis
+    import sqlalchemy.exc
+
+    if isinstance(e, sqlalchemy.exc.OperationalError):  # the ORM wraps psycopg's errors
+        e = e.orig if isinstance(e.orig, Exception) else e
+    # A connection that failed has no SQLSTATE, or one of class 08 (connection exception).
+    if isinstance(e, psycopg.OperationalError) and (e.sqlstate or "08").startswith("08"):
+        return f"cannot reach PostgreSQL: {one_line(e)}"
+    if isinstance(e, redis.ConnectionError):
+        return f"cannot reach Redis: {one_line(e)}"
+    if isinstance(e, httpx.TransportError):
+        return f"cannot reach the API at {get_settings().api_url}: {one_line(e)}"
+    return None
+
+
+def one_line(e: Exception) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,8 +73,9 @@ def main() -> None:
 
     With no PGRAG_DATABASE_URL / PGRAG_REDIS_URL set, `pgrag up` starts an embedded
     PostgreSQL (with pgvector) and Redis under ./.pgrag, plus the workers. With
-    PGRAG_API_URL set, ingest (as an upload), jobs ID, search, ask and answer go through that
-    HTTP API with the key in PGRAG_API_KEY.
+    PGRAG_API_URL set, ingest (as an upload), jobs, collections, search, ask and answer go
+    through that HTTP API with the key in PGRAG_API_KEY, and `collections create`, `drop` and
+    `set-fusion`, which have no API route, refuse to run.
     """
 
 
@@ -102,13 +132,16 @@ def _admin_key(settings: Any) -> str:
 
 
 @main.command()
+@friendly_errors
 def status() -> None:
-    """Say which services and workers are alive, and what work is in flight."""
+    """Say which services and workers are alive, and what work is in flight. Exits 1 when
+    PostgreSQL or Redis is down."""
     import redis
 
     from pgrag.runtime import db, processes, queue, registry, services, work
 
     settings = get_settings()
+    down = []
     try:
         with db.connect() as conn:
             in_flight = work.in_flight(conn)
@@ -118,11 +151,13 @@ def status() -> None:
     except Exception as e:
         in_flight, questions, nodes = None, None, []
         click.echo(f"postgres  DOWN  {type(e).__name__}: {e}".strip())
+        down.append("postgres")
     try:
         redis.Redis.from_url(services.redis_url(), socket_timeout=2).ping()
         click.echo(f"redis     up    {services.redis_url()}")
     except Exception as e:
         click.echo(f"redis     DOWN  {type(e).__name__}: {e}".strip())
+        down.append("redis")
     alive = processes.running(settings)
     for proc in processes.default_processes(settings, None):
         pid = alive.get(proc.name)
@@ -144,9 +179,12 @@ def status() -> None:
     for owner, count, age in in_flight or []:
         state = "live lease" if age < settings.lease_s else "lease EXPIRED (recovering)"
         click.echo(f"work      {count} running on {owner}: {state}, last beat {age:.0f} s ago")
+    if down:
+        raise click.ClickException(f"{' and '.join(down)} down")
 
 
 @main.command()
+@friendly_errors
 def down() -> None:
     """Stop the workers and the embedded PostgreSQL and Redis."""
     from pgrag.runtime import processes, services
@@ -233,10 +271,14 @@ def keys_revoke(name: str) -> None:
 def collections(ctx: click.Context) -> None:
     """List collections (or create / drop one)."""
     if ctx.invoked_subcommand is None:
+        from pgrag import remote
         from pgrag.query.fusion import Fusion
         from pgrag.store.collections import list_collections
 
-        rows = list_collections()
+        if remote.enabled():
+            rows: list[Any] = [SimpleNamespace(**c) for c in remote.collections()]
+        else:
+            rows = list_collections()
         if not rows:
             click.echo("no collections yet: `pgrag collections create NAME`")
         for c in rows:
@@ -266,8 +308,10 @@ def collections_create(
     text_config: str,
 ) -> None:
     """Create a collection."""
+    from pgrag import remote
     from pgrag.store.collections import create_collection
 
+    remote.require_local("collections create")
     c = create_collection(
         name,
         model=model,
@@ -285,8 +329,10 @@ def collections_create(
 @friendly_errors
 def collections_drop(name: str) -> None:
     """Drop a collection with its documents, chunks and index."""
+    from pgrag import remote
     from pgrag.store.collections import drop_collection
 
+    remote.require_local("collections drop")
     drop_collection(name)
     click.echo(f"dropped {name}")
 
@@ -312,9 +358,11 @@ def collections_drop(name: str) -> None:
 def collections_set_fusion(name: str, method: str, dense_weight: float, reset: bool) -> None:
     """Set how hybrid searches of collection NAME fuse dense and lexical rankings. Measure
     it first on queries of your own with judgments (docs/quality.md)."""
+    from pgrag import remote
     from pgrag.query.fusion import Fusion
     from pgrag.store.collections import set_fusion
 
+    remote.require_local("collections set-fusion")
     fusion = set_fusion(name, None if reset else Fusion(method, dense_weight))
     click.echo(f"{name}: hybrid searches fuse by {fusion}")
 
@@ -447,6 +495,19 @@ def show_job(job_id: int) -> None:
         )
 
 
+def list_job_rows(rows: list[Any]) -> None:
+    """One line per job (an `IngestJob`, or the same fields from the API)."""
+    if not rows:
+        click.echo("no jobs yet")
+    for j in rows:
+        total = j.docs_total if j.docs_total is not None else "?"
+        click.echo(
+            f"{j.id:>5}  {j.state:<9} {j.docs_processed}/{total} docs"
+            f"  {j.chunks_done} chunks"
+            f"  {j.docs_failed} errors  {_rate(j)}  {j.source}"
+        )
+
+
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("args", nargs=-1)
 @friendly_errors
@@ -456,24 +517,18 @@ def jobs(args: tuple[str, ...]) -> None:
     from pgrag.ingest.jobs import cancel_job, list_jobs
 
     match args:
+        case () if remote.enabled():
+            list_job_rows([SimpleNamespace(**j) for j in remote.jobs()])
         case ():
-            rows = list_jobs()
-            if not rows:
-                click.echo("no jobs yet")
-            for j in rows:
-                total = j.docs_total if j.docs_total is not None else "?"
-                click.echo(
-                    f"{j.id:>5}  {j.state:<9} {j.docs_processed}/{total} docs"
-                    f"  {j.chunks_done} chunks"
-                    f"  {j.docs_failed} errors  {_rate(j)}  {j.source}"
-                )
+            list_job_rows(list_jobs())
         case (job_id,) if job_id.isdigit() and remote.enabled():
             click.echo(json.dumps(remote.job(int(job_id)), indent=2))
         case (job_id,) if job_id.isdigit():
             show_job(int(job_id))
+        case ("cancel", job_id) if job_id.isdigit() and remote.enabled():
+            click.echo(f"job {job_id}: {remote.cancel_job(int(job_id))['state']}")
         case ("cancel", job_id) if job_id.isdigit():
-            job = cancel_job(int(job_id))
-            click.echo(f"job {job.id}: {job.state}")
+            click.echo(f"job {job_id}: {cancel_job(int(job_id)).state}")
         case _:
             raise click.UsageError("usage: pgrag jobs [ID | cancel ID]")
 
@@ -605,6 +660,7 @@ def show_answer(query_id: str, timeout: float) -> None:
     """Print a question's answer as it streams, then its citations and timings; exits
     non-zero when answering failed."""
     from pgrag.client import StreamTimeout, follow
+    from pgrag.query.answering import UnknownQuestion
 
     out = sys.stdout
     streamed = False
@@ -623,6 +679,8 @@ def show_answer(query_id: str, timeout: float) -> None:
             elif event.type == "done":
                 click.echo("" if streamed else event.data["answer"])
                 show_citations(event.data)
+    except UnknownQuestion as e:
+        raise click.ClickException(str(e)) from None
     except StreamTimeout:
         raise click.ClickException(
             f"no answer to {query_id} within {timeout:g} s: is a query worker running?"
@@ -658,8 +716,11 @@ def migrate() -> None:
 # ---------------------------------------------------------------------------- sql
 
 
-def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
-    """argv and environment of a psql connected to the configured database.
+def psql_command(
+    args: tuple[str, ...], role: str | None = None
+) -> tuple[list[str], dict[str, str]]:
+    """argv and environment of a psql connected to the configured database, as `role` when
+    given (set for the session at connection: `options=-c role=...`).
 
     The embedded server is reached over its Unix socket as user postgres (its URL says so),
     with the psql that ships with it; a configured URL uses `psql` on PATH, else that one.
@@ -675,6 +736,8 @@ def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
     url = database_url(settings).replace("postgresql+psycopg://", "postgresql://", 1)
     params = conninfo_to_dict(url)
     params.setdefault("application_name", "pgrag sql")
+    if role:
+        params["options"] = f"{params.get('options', '')} -c role={role}".strip()
     env = dict(os.environ)
     if password := params.pop("password", None):
         env["PGPASSWORD"] = str(password)
@@ -697,18 +760,26 @@ def psql_command(args: tuple[str, ...]) -> tuple[list[str], dict[str, str]]:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--reader",
+    is_flag=True,
+    help="Read only: the session takes the role pgrag_reader (no writes, no API keys).",
+)
 @click.argument("psql_args", nargs=-1, type=click.UNPROCESSED)
 @friendly_errors
-def sql(psql_args: tuple[str, ...]) -> None:
+def sql(reader: bool, psql_args: tuple[str, ...]) -> None:
     """Open psql on the configured database; other arguments go to psql.
 
     \b
       pgrag sql
       pgrag sql -c "select * from pgrag.collection_stats"
       pgrag sql -c "select * from pgrag.job_progress" --csv
+      pgrag sql --reader
 
-    The views and functions of the pgrag schema are described in docs/sql.md.
+    The views and functions of the pgrag schema are described in docs/sql.md. --reader
+    guards against mistakes, not against the user: `RESET ROLE` in the session returns to
+    the configured user. A person who must only read gets a login role in pgrag_reader.
     """
 
-    argv, env = psql_command(psql_args)
+    argv, env = psql_command(psql_args, "pgrag_reader" if reader else None)
     os.execve(argv[0], argv, env)

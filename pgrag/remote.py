@@ -17,13 +17,14 @@ import httpx
 
 from pgrag.ingest.sources import SUFFIX_TYPES
 from pgrag.query.retrieval import Passage, Retrieval
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 from pgrag.runtime.streaming import Event, StreamTimeout
 
 BODY_TYPES = {".jsonl": "application/x-ndjson", ".parquet": "application/vnd.apache.parquet"}
 
 
-class ApiError(RuntimeError):
+class ApiError(UserError, RuntimeError):
     """The API refused a request; the message is its status and reason."""
 
 
@@ -179,6 +180,35 @@ def upload(path: Path, collection: str, *, create: bool, delete_missing: bool) -
                 h.close()
 
 
-def job(job_id: int) -> dict[str, Any]:
+def _call(method: str, path: str, **kwargs: Any) -> Any:
     with _client() as client:
-        return dict(_json(client.get(f"/v1/jobs/{job_id}")))
+        return _json(client.request(method, path, **kwargs))
+
+
+def job(job_id: int) -> dict[str, Any]:
+    return dict(_call("GET", f"/v1/jobs/{job_id}"))
+
+
+def jobs(limit: int = 20) -> list[dict[str, Any]]:
+    """The latest jobs of the collections the key may use, newest first."""
+    return list(_call("GET", "/v1/jobs", params={"limit": limit}))
+
+
+def cancel_job(job_id: int) -> dict[str, Any]:
+    return dict(_call("POST", f"/v1/jobs/{job_id}/cancel"))
+
+
+def collections() -> list[dict[str, Any]]:
+    """The collections the key may use."""
+    return list(_call("GET", "/v1/collections"))
+
+
+def require_local(command: str) -> None:
+    """Refuse `command`, which has no API route, while PGRAG_API_URL is set: it would act on
+    the local database, not on the API's."""
+    if enabled():
+        raise UserError(
+            f"`pgrag {command}` works on the database itself and has no API route, and"
+            f" PGRAG_API_URL is set ({get_settings().api_url}): run it where the database is,"
+            " with PGRAG_API_URL unset"
+        )

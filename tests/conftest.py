@@ -212,7 +212,7 @@ def worker(services: Path) -> Iterator[Worker]:
 
 @pytest.fixture(scope="session")
 def api(worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`uvicorn api.app:app` in a process of its own, with small limits to test; its URL.
+    """`uvicorn pgrag.api.app:app` in a process of its own, with small limits to test; its URL.
     It may read server folders under examples/ only, and stores uploads in a folder of its
     own (`API_UPLOADS`)."""
     from tests.openai_server import free_port
@@ -229,7 +229,7 @@ def api(worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     }
     with open(folder / "uvicorn.log", "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "api.app:app", "--port", str(port)],
+            [sys.executable, "-m", "uvicorn", "pgrag.api.app:app", "--port", str(port)],
             cwd=ROOT,
             stdout=out,
             stderr=subprocess.STDOUT,

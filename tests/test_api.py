@@ -1,4 +1,4 @@
-"""The HTTP API end to end: a real uvicorn serving `api.app:app` on a loopback port, in front
+"""The HTTP API end to end: a real uvicorn serving `pgrag.api.app:app` on a loopback port, in front
 of real PostgreSQL + pgvector, Redis and Celery workers; answers read as server-sent events
 with a real HTTP client. Requests carry an admin key here; tests/test_security.py tries the
 others."""
@@ -82,7 +82,10 @@ def test_healthz_and_openapi(api: str) -> None:
         "/v1/answers/{query_id}",
         "/v1/search",
         "/v1/ingest",
+        "/v1/jobs",
         "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/collections",
         "/v1/collections/{name}/documents",
         "/healthz",
     }

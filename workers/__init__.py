@@ -1,1 +1,1 @@
-"""Celery workers of pgrag: `celery -A workers.app worker -Q ingest|embed|query`."""
+"""Celery workers of pgrag: `celery -A pgrag.workers.app worker -Q ingest|embed|query`."""

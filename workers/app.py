@@ -20,7 +20,7 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_read
 from pgrag.runtime.queue import make_celery
 
 app = make_celery()
-app.conf.include = ["workers.tasks"]
+app.conf.include = ["pgrag.workers.tasks"]
 
 # Queues whose tasks embed text: their processes load the default model up front, and each
 # logs WARM when it has (the benches and tests wait for these lines before they time anything).

@@ -18,7 +18,8 @@ from pgrag.ingest import jobs, loading, pipeline
 from pgrag.query import answering
 from pgrag.runtime import queue, work
 from pgrag.runtime.services import ServiceError
-from workers.app import app
+
+from .app import app
 
 # Lost connections (and an embedded server that is restarting) are retried; if they outlast
 # the retries, the work is left to the sweeper, which sends it again: the job goes on.

@@ -19,11 +19,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import check_collection, rate_limit, requires
 from pgrag.client import final_event
 from pgrag.query import answering
 from pgrag.runtime import streaming
 from pgrag.store.schema import ApiKey, Query
+
+from ..auth import check_collection, rate_limit, requires
 
 router = APIRouter(tags=["answers"])
 AskKey = Annotated[ApiKey, Depends(requires("ask"))]

@@ -1,6 +1,7 @@
 """Ingest jobs: of uploaded documents (`POST /v1/collections/{name}/documents`) or of a
 server folder under PGRAG_SOURCE_ROOTS (`POST /v1/ingest`); `GET /v1/jobs/{id}` reports on
-one. All need a key with the ingest scope."""
+one, `GET /v1/jobs` lists them and `POST /v1/jobs/{id}/cancel` cancels one. All need a key
+with the ingest scope, and see only the jobs of the key's collections."""
 
 from __future__ import annotations
 
@@ -8,16 +9,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import check_collection, rate_limit, requires
 from pgrag.ingest import jobs, pipeline, uploads
 from pgrag.ingest.sources import allowed_path
 from pgrag.runtime.settings import get_settings
-from pgrag.store.collections import get_collection_by_id
+from pgrag.store.collections import get_collection_by_id, list_collections
 from pgrag.store.schema import ApiKey, IngestJob
+
+from ..auth import check_collection, rate_limit, requires
 
 IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 
@@ -200,9 +202,9 @@ async def _save_files(request: Request, folder: Path) -> None:
             await run_in_threadpool(uploads.copy_file, file.file, dest)
 
 
-@router.get("/v1/jobs/{job_id}", responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int, key: IngestKey) -> Job:
-    """An ingest job's state and counters, with its first per-document errors."""
+def _visible_job(job_id: int, key: ApiKey) -> tuple[IngestJob, str]:
+    """The job and its collection's name; 404 when there is no such job or the key may not
+    use its collection."""
     try:
         job = jobs.get_job(job_id)
         collection = get_collection_by_id(job.collection_id).name
@@ -210,4 +212,29 @@ def get_job(job_id: int, key: IngestKey) -> Job:
             raise jobs.UnknownJob(job_id)
     except LookupError as e:
         raise HTTPException(404, str(e)) from None
-    return _job(job, collection)
+    return job, collection
+
+
+@router.get("/v1/jobs/{job_id}", responses={404: {"description": "Unknown job"}})
+def get_job(job_id: int, key: IngestKey) -> Job:
+    """An ingest job's state and counters, with its first per-document errors."""
+    return _job(*_visible_job(job_id, key))
+
+
+@router.get("/v1/jobs")
+def list_jobs(key: IngestKey, limit: Annotated[int, Query(ge=1, le=1000)] = 20) -> list[Job]:
+    """The latest ingest jobs of the collections this key may use, newest first (without
+    their per-document errors: `GET /v1/jobs/{id}` has them)."""
+    names = {c.id: c.name for c in list_collections()}
+    return [
+        _job(job, names[job.collection_id], with_errors=False)
+        for job in jobs.list_jobs(limit, key.collections)
+    ]
+
+
+@router.post("/v1/jobs/{job_id}/cancel", responses={404: {"description": "Unknown job"}})
+def cancel_job(job_id: int, key: IngestKey) -> Job:
+    """Cancel a job that has not finished: its workers skip the work that remains. A
+    finished job is left as it is."""
+    _, collection = _visible_job(job_id, key)
+    return _job(jobs.cancel_job(job_id), collection)

@@ -7,11 +7,12 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, HTTPException
 from pydantic import BaseModel, Field
 
-from api.auth import check_collection, requires
 from pgrag.inference.rerank import RerankerUnavailable
 from pgrag.query.retrieval import retrieve
 from pgrag.store.collections import get_collection
 from pgrag.store.schema import ApiKey
+
+from ..auth import check_collection, requires
 
 router = APIRouter(tags=["search"])
 

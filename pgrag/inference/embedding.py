@@ -28,11 +28,12 @@ from transformers import PreTrainedTokenizerFast
 
 from pgrag.inference.batching import Batcher
 from pgrag.inference.weights import pick_backend, pick_device, resolve_model
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 from pgrag.store.schema import Collection
 
 
-class BackendMismatch(ValueError):
+class BackendMismatch(UserError, ValueError):
     """The inference backend setting differs from the one a collection was embedded with."""
 
 

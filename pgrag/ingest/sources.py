@@ -41,6 +41,7 @@ from pgrag.ingest.extract import (
     too_large,
     utf8_error,
 )
+from pgrag.runtime.errors import UserError
 
 # File suffix -> how the file is read. Anything else in a folder is skipped.
 SUFFIX_TYPES: dict[str, str] = {
@@ -79,7 +80,7 @@ class SourceError:
 SourceItem = SourceDocument | SourceError
 
 
-class SourceNotFound(ValueError):
+class SourceNotFound(UserError, ValueError):
     """Bad path or unsupported source, raised by `open_source` before any work."""
 
 

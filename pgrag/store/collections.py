@@ -9,13 +9,14 @@ from sqlalchemy import bindparam, select
 
 from pgrag.query.fusion import Fusion
 from pgrag.runtime import db
+from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 from pgrag.store.schema import Collection
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
-class UnknownCollection(LookupError):
+class UnknownCollection(UserError, LookupError):
     def __init__(self, name: str) -> None:
         super().__init__(
             f"collection {name!r} does not exist: create it with "
@@ -23,7 +24,11 @@ class UnknownCollection(LookupError):
         )
 
 
-class CollectionExists(ValueError):
+class InvalidCollection(UserError, ValueError):
+    """A collection that cannot be made as asked (its name, its chunking)."""
+
+
+class CollectionExists(InvalidCollection):
     pass
 
 
@@ -65,7 +70,9 @@ def create_collection(
     from pgrag.inference.embedding import load_embedder
 
     if not NAME.match(name):
-        raise ValueError(f"bad collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-'")
+        raise InvalidCollection(
+            f"bad collection name {name!r}: use 1-64 letters, digits, '_', '.' or '-'"
+        )
     settings = get_settings()
     model = model or settings.embed_model
     # Only its sizes are needed here: the collection's backend is chosen by its first vectors.
@@ -75,7 +82,9 @@ def create_collection(
     chunk_size = min(chunk_size or settings.chunk_size, longest)
     overlap = settings.chunk_overlap if chunk_overlap is None else chunk_overlap
     if not 0 <= overlap < chunk_size:
-        raise ValueError(f"chunk overlap must be between 0 and the chunk size ({chunk_size})")
+        raise InvalidCollection(
+            f"chunk overlap must be between 0 and the chunk size ({chunk_size})"
+        )
     collection = Collection(
         name=name,
         model=model,

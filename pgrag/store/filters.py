@@ -35,12 +35,18 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from pgrag.runtime.errors import UserError
+
 _EXPRESSION = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.\-]*)\s*(!=|<=|>=|=|<|>|~)\s*(.*?)\s*$", re.S)
 _NUMBER = re.compile(r"^-?\d+(\.\d+)?([eE][-+]?\d+)?$")
 # Text that PostgreSQL can cast to double precision: checked before the cast, so a
 # non-numeric value is skipped instead of failing the query.
 _NUMERIC_SQL = r"'^\s*-?\d+(\.\d+)?([eE][-+]?\d+)?\s*$'"
 GRAMMAR = "KEY OP VALUE with OP one of = != < <= > >= ~ (e.g. lang=en, year>=2020, tags~security)"
+
+
+class InvalidFilter(UserError, ValueError):
+    """A metadata condition that does not parse, or compares what it cannot."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +81,9 @@ class Filter:
             )
             return f"({number} {self.op} %({val})s)", {key: self.key, val: float(self.value)}
         if self.value is None or isinstance(self.value, bool):
-            raise ValueError(f"filter {self}: {self.op} needs a number or text, not {self.value!r}")
+            raise InvalidFilter(
+                f"filter {self}: {self.op} needs a number or text, not {self.value!r}"
+            )
         return f"(({column} ->> %({key})s) {self.op} %({val})s)", {key: self.key, val: self.value}
 
     def __str__(self) -> str:
@@ -96,18 +104,20 @@ def _value(text: str) -> Any:
 
 
 def parse_filter(expression: str) -> Filter:
-    """Parse one expression; ValueError with the grammar when it is malformed."""
+    """Parse one expression; InvalidFilter with the grammar when it is malformed."""
     match = _EXPRESSION.match(expression)
     if not match:
-        raise ValueError(f"bad filter {expression!r}: expected {GRAMMAR}")
+        raise InvalidFilter(f"bad filter {expression!r}: expected {GRAMMAR}")
     key, op, raw = match.groups()
     if raw == "":
-        raise ValueError(f"bad filter {expression!r}: no value after {op!r} (expected {GRAMMAR})")
+        raise InvalidFilter(
+            f"bad filter {expression!r}: no value after {op!r} (expected {GRAMMAR})"
+        )
     if "\x00" in raw:
-        raise ValueError(f"bad filter {expression!r}: NUL characters are not allowed")
+        raise InvalidFilter(f"bad filter {expression!r}: NUL characters are not allowed")
     parsed = Filter(key, op, _value(raw))
     if op in ("<", "<=", ">", ">=") and (parsed.value is None or isinstance(parsed.value, bool)):
-        raise ValueError(f"bad filter {expression!r}: {op} needs a number or text")
+        raise InvalidFilter(f"bad filter {expression!r}: {op} needs a number or text")
     return parsed
 
 

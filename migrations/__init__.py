@@ -1,0 +1,1 @@
+"""Alembic migrations of the `pgrag` schema, installed as `pgrag.migrations`."""
