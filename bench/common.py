@@ -172,14 +172,21 @@ class Worker:
     started with the argv `pgrag up` uses (with `program` in place of `python -m celery`)."""
 
     def __init__(
-        self, home: Home, queue: str, concurrency: int = 1, program: list[str] | None = None
+        self,
+        home: Home,
+        queue: str,
+        concurrency: int = 1,
+        program: list[str] | None = None,
+        pool: str | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         from pgrag.runtime import processes
 
         self.name = queue
         self.concurrency = concurrency
         self.log = home.path / f"worker-{queue}-c{concurrency}.log"
-        argv = processes.worker(queue, concurrency).argv
+        argv = processes.worker(queue, concurrency, pool=pool).argv
+        self.threads = argv[argv.index("-P") + 1] == "threads"
         if program:  # in place of `python -m celery`
             argv = [*program, *argv[3:]]
         # The log is appended to by every worker of this queue: this one's lines start here.
@@ -191,7 +198,7 @@ class Worker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, **home.env},
+                env={**os.environ, **home.env, **(env or {})},
                 start_new_session=True,
             )
 
@@ -206,7 +213,7 @@ class Worker:
 
         # Each pool process loads the model; a query worker's threads share its main one's.
         warm = self.concurrency if self.name in MODEL_QUEUES else 0
-        if self.name == "query":
+        if self.threads:  # they share the main process's models
             warm = 1
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -6,7 +6,9 @@
 `--ttft-s` seconds and the others `--pace-s` apart, as `chat.completion.chunk` events up to
 `data: [DONE]`, however many requests are in flight: a server that batches (vLLM, TGI)
 keeps each stream's pace under load, so a client's concurrency is all that is measured.
-The answer cites passage [1]. `GET /v1/models` lists one model; `GET /stats` says how many
+The answer cites passage [1]. A request whose messages hold FAIL is answered HTTP 500, one
+that holds STALL is never answered (for tests of one question's failure among many).
+`GET /v1/models` lists one model; `GET /stats` says how many
 requests are in flight now, the most there were at once, and how many were served
 (`POST /stats/reset` starts counting again). `SimulatedLLM` runs it for a bench or a test.
 """
@@ -28,15 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "simulated"
 
 
-def create_app(ttft_s: float, tokens: int, pace_s: float) -> Any:
-    from fastapi import FastAPI
-    from fastapi.responses import StreamingResponse
-
+def create_app(ttft_s: float, tokens: int, pace_s: float) -> FastAPI:
     app = FastAPI(title="simulated batching LLM server")
     stats = {"in_flight": 0, "peak": 0, "served": 0}
 
@@ -53,8 +54,14 @@ def create_app(ttft_s: float, tokens: int, pace_s: float) -> Any:
         stats.update(peak=stats["in_flight"], served=0)
         return stats
 
-    @app.post("/v1/chat/completions")
-    async def chat() -> StreamingResponse:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> StreamingResponse | JSONResponse:
+        prompt = json.dumps((await request.json()).get("messages"))
+        if "FAIL" in prompt:
+            error = {"message": "the model failed", "type": "server_error"}
+            return JSONResponse({"error": error}, status_code=500)
+        if "STALL" in prompt:
+            await asyncio.sleep(3600)
         completion_id = f"chatcmpl-{uuid.uuid4().hex[:12]}"
 
         def chunk(delta: dict[str, str], finish: str | None = None) -> str:

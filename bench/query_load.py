@@ -42,6 +42,7 @@ from bench.common import (
     ROOT,
     CpuMeter,
     Home,
+    Worker,
     default_out,
     exit_on_sigterm,
     machine_info,
@@ -53,39 +54,17 @@ from bench.llm_server import SimulatedLLM
 from bench.query_latency import QUESTIONS, ingest
 
 
-class QueryWorker:
-    """The query worker `pgrag up` starts (or, for the baseline, a one-process prefork one)."""
+def query_worker(home: Home, env: dict[str, str], one_at_a_time: bool = False) -> Worker:
+    """The query worker `pgrag up` starts (or, for the baseline, a one-process prefork one),
+    ready with its models loaded."""
+    from pgrag.runtime.settings import get_settings
 
-    def __init__(self, home: Home, env: dict[str, str], one_at_a_time: bool = False) -> None:
-        from pgrag.runtime import processes
-
-        argv = processes.worker("query").argv
-        if one_at_a_time:
-            argv[argv.index("-P") + 1] = "prefork"
-            argv[argv.index("-c") + 1] = "1"
-        self.log = home.path / "worker-query-load.log"
-        start = self.log.stat().st_size if self.log.exists() else 0
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                argv,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, **home.env, **env},
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 300
-        while b"ready." not in self.log.read_bytes()[start:]:
-            assert self.proc.poll() is None, self.log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the query worker did not start"
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        import signal
-
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(60)
+    if one_at_a_time:
+        worker = Worker(home, "query", 1, pool="prefork", env=env)
+    else:
+        worker = Worker(home, "query", get_settings().query_concurrency, env=env)
+    worker.wait_ready(timeout=300)
+    return worker
 
 
 class Api:
@@ -240,7 +219,7 @@ def main() -> None:
                     if args.baseline:
                         plans.insert(0, (20, True))
                     for clients, one_at_a_time in plans:
-                        worker = QueryWorker(home, worker_env, one_at_a_time)
+                        worker = query_worker(home, worker_env, one_at_a_time)
                         try:
                             level(collection, 4, 8, rerank)  # warm: the first answers
                             server.reset()

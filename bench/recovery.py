@@ -168,7 +168,7 @@ def kill_query_worker(home: Home, n: int) -> dict[str, Any]:
     """A query worker killed with `n` questions in flight; another answers them."""
     from bench.llm_server import SimulatedLLM
     from bench.query_latency import QUESTIONS, ingest
-    from bench.query_load import QueryWorker
+    from bench.query_load import query_worker
     from pgrag import client
     from pgrag.query import answering
     from pgrag.runtime import db
@@ -180,14 +180,14 @@ def kill_query_worker(home: Home, n: int) -> dict[str, Any]:
         "PGRAG_OPENAI_BASE_URL": server.url,
         "PGRAG_OPENAI_MODEL": "simulated",
     }
-    workers = [QueryWorker(home, env)]
+    workers = [query_worker(home, env)]
     try:
         ids = [answering.submit(QUESTIONS[i % len(QUESTIONS)], collection) for i in range(n)]
         while server.stats()["in_flight"] < n:
             time.sleep(0.02)
-        os.killpg(workers[0].proc.pid, signal.SIGKILL)
+        os.killpg(workers[0].pid, signal.SIGKILL)
         killed = time.perf_counter()
-        workers.append(QueryWorker(home, env))
+        workers.append(query_worker(home, env))
 
         async def follow_all() -> list[list[Any]]:
             async def one(query_id: Any) -> list[Any]:

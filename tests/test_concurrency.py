@@ -135,3 +135,28 @@ def test_the_async_client_follows_many_answers_in_one_thread(kb: str) -> None:
             (list(ids),),
         ).fetchone()
     assert done == (6,)
+
+
+def test_a_failing_or_hung_llm_request_fails_only_its_own_question(
+    kb: str, own_broker: None
+) -> None:
+    """Among questions in flight together, one whose LLM request fails (HTTP 500) and one
+    whose request hangs past PGRAG_GENERATE_TIMEOUT_S each end with an `error` event giving
+    the reason; the others are answered, and on time."""
+    server = SimulatedLLM(ttft_s=0.2, tokens=10, pace_s=0.05)
+    home = Path(os.environ["PGRAG_HOME"])
+    env = {**openai_env(server), "PGRAG_GENERATE_TIMEOUT_S": "8"}
+    worker = Worker(home, "query", "conc-faults", env, concurrency=4)
+    asked = [f"{QUESTIONS[0][0]} STALL", f"{QUESTIONS[1][0]} FAIL", *questions(2)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda q: (list(client.ask(q, kb)), time.monotonic()), asked))
+    finally:
+        worker.stop()
+        server.stop()
+    (stalled, _), (failed, _), *fine = answers
+    assert stalled[-1].type == "error" and "did not finish within 8 s" in stalled[-1].data["reason"]
+    assert failed[-1].type == "error" and "HTTP 500: the model failed" in failed[-1].data["reason"]
+    assert [events[-1].type for events, _ in fine] == ["done", "done"]
+    stalled_at = answers[0][1]
+    assert all(at < stalled_at for _, at in fine)  # not held up by the hung one

@@ -23,19 +23,22 @@ class Process:
     argv: list[str]
 
 
-def worker(queue: str, concurrency: int | None = None, name: str | None = None) -> Process:
+def worker(
+    queue: str, concurrency: int | None = None, name: str | None = None, pool: str | None = None
+) -> Process:
     """A Celery worker consuming `queue` (or several, comma-separated); `name` (default: the
     queue) names its node and pid file.
 
     A query worker runs its questions in threads, up to PGRAG_QUERY_CONCURRENCY at once: they
     wait on I/O (the LLM server, PostgreSQL, Redis) and share one copy of each model. Other
-    workers run `concurrency` (default 1) pool processes, each with its own model.
+    workers run `concurrency` (default 1) pool processes, each with its own model. `pool`
+    overrides that choice (a bench compares a one-process prefork query worker).
     """
     name = name or queue
     if queue == "query":
-        pool, concurrency = "threads", concurrency or get_settings().query_concurrency
-    else:
-        pool, concurrency = "prefork", concurrency or 1
+        concurrency = concurrency or get_settings().query_concurrency
+    pool = pool or ("threads" if queue == "query" else "prefork")
+    concurrency = concurrency or 1
     return Process(
         f"worker-{name}",
         [
