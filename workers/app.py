@@ -8,11 +8,11 @@ in `pgrag.workers` and sweeps the ledger for lost work (`pgrag.runtime.work`).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.signals import celeryd_after_setup, worker_process_init, worker_ready, worker_shutdown
@@ -49,11 +49,20 @@ def _set_up(sender: str, instance: Any, **_: Any) -> None:
     os.environ["PGRAG_WORKER_CONCURRENCY"] = "1" if threads else str(instance.concurrency)
     pool = "threads" if threads else "prefork"
     _node.update(name=sender, pool=pool)
-    registry.register(sender, work.owner(), queues, pool, instance.concurrency)
+    _record(registry.register, sender, work.owner(), queues, pool, instance.concurrency)
     if threads:  # the tasks run in this process: it is ready once its models are
         started = time.perf_counter()
         loaded = _warm_up()
-        registry.ready(sender, ", ".join(loaded), time.perf_counter() - started)
+        _record(registry.ready, sender, ", ".join(loaded), time.perf_counter() - started)
+
+
+def _record(update: Callable[..., None], *args: Any) -> None:
+    """Update `pgrag.workers`; PostgreSQL away costs the worker its line in `pgrag status`,
+    not its start."""
+    try:
+        update(*args)
+    except Exception as e:
+        log.warning("pgrag.workers not updated: %s", e)
 
 
 @worker_process_init.connect
@@ -94,7 +103,7 @@ def _start_tending(**_: Any) -> None:
 
     name = _node["name"]
     if _node["pool"] == "prefork":  # consuming; its pool processes load their models
-        registry.ready(name)
+        _record(registry.ready, name)
     threading.Thread(target=_tend, args=(name,), daemon=True).start()
 
 
@@ -116,5 +125,4 @@ def _stop(**_: Any) -> None:
     from pgrag.runtime import registry
 
     _stopping.set()
-    with contextlib.suppress(Exception):  # PostgreSQL away: the row just stops being seen
-        registry.unregister(_node["name"])
+    _record(registry.unregister, _node["name"])  # else the row just stops being seen
