@@ -3,16 +3,18 @@
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
 a `pgrag` function and shape its result. Every route but /healthz needs an API key
 (`api/auth.py`, docs/security.md); request bodies are bounded (`api/limits.py`). OpenAPI
-docs are served at /docs.
+docs are served at /docs, and the web console at /console (`api/console`).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
+from api.console import create_console
 from api.limits import BodyLimit
 from api.routes import answers, health, ingest, search
+from api.routes.console import CONSOLE_PATH
 from pgrag.runtime.services import ServiceError
 
 
@@ -25,6 +27,11 @@ def create_app() -> FastAPI:
     )
     for module in (answers, search, ingest, health):
         app.include_router(module.router)
+    app.mount(CONSOLE_PATH, create_console())  # the web console (docs/console.md)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse(f"{CONSOLE_PATH}/")
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(ServiceError)
