@@ -14,21 +14,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from pathlib import Path
 
-from common import RESULTS, ROOT
+from common import RESULTS
+from selenium.webdriver.common.action_chains import ActionChains
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import Select
 
-sys.path.insert(0, str(ROOT))
-
-from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import Select  # noqa: E402
-
-from tests import browser  # noqa: E402
-from tests.conftest import QUESTIONS  # noqa: E402
+from tests import browser
+from tests.conftest import QUESTIONS
 
 
 def api_key() -> str:
