@@ -4,6 +4,7 @@ the collection changes (real jobs on real workers)."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable
@@ -41,13 +42,14 @@ def test_pca_of_points_on_a_plane_keeps_their_distances_and_neighbours() -> None
 
 @pytest.fixture(scope="module")
 def mapped(worker: object, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A collection of 12 small documents, loaded by a real job."""
+    """A collection of 12 small documents and a copy of one, loaded by a real job."""
     from pgrag.ingest import pipeline
     from pgrag.ingest.jobs import get_job
 
     folder = tmp_path_factory.mktemp("mapped")
-    for i in range(12):
-        (folder / f"doc{i}.txt").write_text(sample_text(i, 40))
+    rows = [{"id": f"doc{i}", "title": f"Doc {i}", "text": sample_text(i, 40)} for i in range(12)]
+    rows.append({**rows[0], "id": "copy-of-doc0"})
+    (folder / "docs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     name = f"map_{uuid.uuid4().hex[:8]}"
     job = pipeline.submit(folder, name, create=True)
     deadline = time.monotonic() + 300
@@ -93,8 +95,14 @@ def test_a_map_is_cached_until_its_collection_changes(
     first = chunk_map(collection)
     assert chunk_map(collection) is first  # unchanged: the cached map
     assert len(first.chunk_ids) == first.total == len(set(first.chunk_ids.tolist()))
-    assert len(first.documents) == 12 and first.xy.shape == (first.total, 2)
+    assert len(first.documents) == 13 and first.xy.shape == (first.total, 2)
     assert set(first.seconds) == {"read", "project", "marks"}
+    # The copy and its original are a near-duplicate pair (from pgrag.duplicates()).
+    assert first.duplicates_looked_for
+    doc_of = dict(zip(first.chunk_ids.tolist(), first.document_index.tolist(), strict=True))
+    pairs = [(doc_of[a], doc_of[b]) for a, b, _ in first.duplicates]
+    assert len(pairs) == 1 and pairs[0][0] != pairs[0][1]
+    assert [first.documents[d] for d in pairs[0]] == ["Doc 0", "Doc 0"]
     first_jobs, groups = color_groups(first, "job")
     assert len(first_jobs) == 3 and set(groups) == {0}  # one job, then "other" and "none"
 
@@ -103,7 +111,7 @@ def test_a_map_is_cached_until_its_collection_changes(
     assert wait_job(job.id).state == "done"
     second = chunk_map(collection)
     assert second is not first and second.total > first.total
-    assert len(second.documents) == 13
+    assert len(second.documents) == 14
 
     # Coloured by the job that loaded each point: the first job's, and the new one's.
     labels, groups = color_groups(second, "job")

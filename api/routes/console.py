@@ -206,6 +206,8 @@ def map_meta(collection: str, key: SearchKey) -> JSONResponse:
             "total": cmap.total,
             "documents": cmap.documents,
             "duplicates": cmap.duplicates,
+            "duplicates_looked_for": cmap.duplicates_looked_for,
+            "duplicates_max_chunks": embedding_map.DUPLICATES_MAX_CHUNKS,
             "outliers": cmap.outliers,
             "seconds": cmap.seconds,
         }

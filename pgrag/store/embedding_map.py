@@ -24,10 +24,14 @@ from psycopg import sql
 
 from pgrag.runtime import db
 from pgrag.store import inspection
-from pgrag.store.indexing import vector_expr
+from pgrag.store.indexing import index_state, vector_expr
 from pgrag.store.schema import Collection
 
 MAX_POINTS = 100_000
+# duplicates() probes the HNSW index once per chunk (about 1 ms each on 2 busy cores), so the
+# map asks it only of collections up to this size, and only once the index is built (without
+# it each probe would scan the whole collection).
+DUPLICATES_MAX_CHUNKS = 20_000
 CACHED_MAPS = 8
 COLOR_GROUPS = 12  # the most frequent values get a colour each; the rest are "other"
 
@@ -41,10 +45,11 @@ class ChunkMap:
     documents: list[str]  # each document's title (or external id)
     xy: np.ndarray  # float32, (points, 2)
     total: int  # chunks in the collection (the sample is all of them up to MAX_POINTS)
-    # From the inspection functions: near-duplicate pairs (duplicates(), only when the map
-    # holds the whole collection: it probes every chunk) and the chunks that
-    # embedding_health() names (zero, NaN or unnormalised vectors, norm outliers).
+    # From the inspection functions: near-duplicate pairs (duplicates(), for collections of
+    # up to DUPLICATES_MAX_CHUNKS) and the chunks that embedding_health() names (zero, NaN or
+    # unnormalised vectors, norm outliers).
     duplicates: list[tuple[int, int, float]] = field(default_factory=list)
+    duplicates_looked_for: bool = False
     outliers: list[int] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # read, project, marks
 
@@ -148,6 +153,7 @@ def compute_map(collection: Collection, limit: int = MAX_POINTS) -> ChunkMap:
     started = time.perf_counter()
     with db.connect() as conn:
         current = version(conn, collection.id)
+        indexed = index_state(conn, collection) == "valid"
         ids, doc_ids, vectors = read_sample(conn, collection, limit)
         documents, doc_index = np.unique(doc_ids, return_inverse=True)
         titles = dict(
@@ -159,8 +165,8 @@ def compute_map(collection: Collection, limit: int = MAX_POINTS) -> ChunkMap:
     read = time.perf_counter()
     xy = pca_2d(vectors) if len(vectors) > 2 else np.zeros((len(vectors), 2), np.float32)
     projected = time.perf_counter()
-    whole = len(ids) == current[0]
-    duplicates = inspection.duplicate_pairs(collection.name) if whole else []
+    looked = indexed and current[0] <= DUPLICATES_MAX_CHUNKS
+    duplicates = inspection.duplicate_pairs(collection.name) if looked else []
     outliers = inspection.outlier_chunks(inspection.embedding_health(collection.name))
     return ChunkMap(
         collection_id=collection.id,
@@ -171,6 +177,7 @@ def compute_map(collection: Collection, limit: int = MAX_POINTS) -> ChunkMap:
         xy=xy,
         total=current[0],
         duplicates=duplicates,
+        duplicates_looked_for=looked,
         outliers=outliers,
         seconds={
             "read": read - started,

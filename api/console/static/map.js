@@ -159,7 +159,10 @@ async function loadMap(form) {
     await pick(form);
     const sample = n < meta.total ? ` (a sample of ${meta.total.toLocaleString()})` : "";
     status.textContent = `${n.toLocaleString()} chunks${sample}, ${meta.documents.length.toLocaleString()} documents; ` +
-      `${meta.duplicates.length} near-duplicate pairs (black rings), ${meta.outliers.length} outliers (red rings). ` +
+      (meta.duplicates_looked_for
+        ? `${meta.duplicates.length} near-duplicate pairs (black rings), `
+        : `near-duplicates looked for only in indexed collections of up to ${meta.duplicates_max_chunks.toLocaleString()} chunks, `) +
+      `${meta.outliers.length} outliers (red rings). ` +
       `PCA of the embeddings; wheel to zoom, drag to pan.`;
     $("#map").dataset.points = String(n);
     draw();
