@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 from ann_recall import clustered
 from common import ROOT, Worker, default_out, machine_info, pgrag_home, print_table, write_json
+from synthetic_load import make_documents
 
 from tests.conftest import EXAMPLES, QUESTIONS
 
@@ -77,8 +78,16 @@ def projections(vectors: np.ndarray, tsne_points: int, label: str) -> list[dict[
     return rows
 
 
-def load_synthetic(name: str, points: int, seed: int = 0) -> tuple[Any, float]:
-    """A collection of `points` chunks with clustered vectors (1,000 documents), loaded by
+def synthetic_vectors(points: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors in clusters of about 1,000 (`ann_recall.clustered`)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((max(1, points // 1000), DIM), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    return clustered(rng, centres, points)
+
+
+def load_synthetic(name: str, points: int) -> tuple[Any, float]:
+    """A collection of `points` chunks of synthetic vectors over 1,000 documents, loaded by
     binary COPY; and the seconds that took."""
     from psycopg.types.json import Jsonb
 
@@ -86,31 +95,19 @@ def load_synthetic(name: str, points: int, seed: int = 0) -> tuple[Any, float]:
     from pgrag.store.collections import create_collection
 
     collection = create_collection(name)
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((max(1, points // 1000), DIM), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
     start = time.perf_counter()
-    with db.connect() as conn:
-        documents = [
-            row[0]
-            for row in conn.execute(
-                "INSERT INTO pgrag.documents (collection_id, external_id, title, content_hash,"
-                " text, status) SELECT %s, 'doc-' || i, 'Document ' || i,"
-                " sha256(i::text::bytea), '', 'embedded' FROM generate_series(1, 1000) i"
-                " RETURNING id",
-                (collection.id,),
-            ).fetchall()
-        ]
-        with conn.cursor().copy(
+    documents = make_documents(collection.id, 1000)
+    with (
+        db.connect() as conn,
+        conn.cursor().copy(
             "COPY pgrag.chunks (collection_id, document_id, ord, text, start_char, end_char,"
             " token_count, metadata, embedding) FROM STDIN (FORMAT BINARY)"
-        ) as copy:
-            copy.set_types(
-                ["int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"]
-            )
-            for i, vector in enumerate(clustered(rng, centres, points)):
-                row = (collection.id, documents[i % 1000], i // 1000, f"chunk {i}", 0, 1, 1)
-                copy.write_row((*row, Jsonb({"group": f"g{i % 7}"}), vector))
+        ) as copy,
+    ):
+        copy.set_types(["int4", "int8", "int4", "text", "int4", "int4", "int4", "jsonb", "vector"])
+        for i, vector in enumerate(synthetic_vectors(points)):
+            row = (collection.id, documents[i % 1000], i // 1000, f"chunk {i}", 0, 1, 1)
+            copy.write_row((*row, Jsonb({"group": f"g{i % 7}"}), vector))
     return collection, time.perf_counter() - start
 
 
@@ -185,7 +182,6 @@ def page_weight(url: str, token: str) -> list[dict[str, Any]]:
 
 
 def browser_first_token(url: str, token: str, question: str, repeats: int) -> list[float]:
-    from selenium.webdriver.common.by import By
 
     from tests import browser
 
@@ -194,13 +190,7 @@ def browser_first_token(url: str, token: str, question: str, repeats: int) -> li
     try:
         browser.sign_in(driver, f"{url}/console/ask", token)
         for _ in range(repeats):
-            form = browser.wait_for(lambda: driver.find_element(By.ID, "ask"))
-            field = form.find_element(By.NAME, "question")
-            field.clear()
-            field.send_keys(question)
-            form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-            section = driver.find_element(By.ID, "answer")
-            browser.wait_for(lambda: section.get_attribute("data-state") == "done", 300)  # noqa: B023
+            section = browser.ask(driver, question)
             times.append(float(section.get_attribute("data-first-token-ms") or "nan"))
     finally:
         driver.quit()
@@ -313,10 +303,7 @@ def main() -> None:
         "machine": machine_info(),
         "args": {k: str(v) for k, v in vars(args).items()},
     }
-    rng = np.random.default_rng(0)
-    centres = rng.standard_normal((args.points // 1000, DIM), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    rows = projections(clustered(rng, centres, args.points), 0, "synthetic")
+    rows = projections(synthetic_vectors(args.points), 0, "synthetic")
 
     with pgrag_home() as home:
         workers = [Worker(home, queue) for queue in ("ingest", "embed", "query")]

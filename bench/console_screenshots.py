@@ -21,7 +21,6 @@ from common import RESULTS
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import Select
 
 from tests import browser
 from tests.conftest import QUESTIONS
@@ -67,21 +66,13 @@ def main() -> None:
         shoot(driver, args.out, "2-jobs")
 
         driver.get(f"{console}/ask")
-        form = browser.wait_for(lambda: driver.find_element(By.ID, "ask"))
-        Select(form.find_element(By.NAME, "collection")).select_by_visible_text(args.collection)
-        form.find_element(By.NAME, "question").send_keys(QUESTIONS[1][0])
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-        section = driver.find_element(By.ID, "answer")
-        browser.wait_for(lambda: section.get_attribute("data-state"), timeout=300)
+        section = browser.ask(driver, QUESTIONS[1][0], args.collection)
         shoot(driver, args.out, "3-ask")
         section.find_element(By.CSS_SELECTOR, ".citations button.cite").click()
         shoot(driver, args.out, "4-ask-passage")
 
         driver.get(f"{console}/search")
-        form = browser.wait_for(lambda: driver.find_element(By.ID, "search"))
-        Select(form.find_element(By.NAME, "collection")).select_by_visible_text(args.collection)
-        form.find_element(By.NAME, "query").send_keys(QUESTIONS[0][0])
-        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        browser.submit(driver, "search", args.collection, query=QUESTIONS[0][0])
         browser.wait_for(lambda: driver.find_elements(By.CSS_SELECTOR, ".ranking"), timeout=120)
         shoot(driver, args.out, "5-search")
 

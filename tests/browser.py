@@ -12,6 +12,8 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+from selenium.webdriver.support.ui import Select
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -65,3 +67,24 @@ def sign_in(driver: WebDriver, url: str, token: str) -> None:
 
 def text(driver: WebDriver, selector: str) -> str:
     return driver.find_element(By.CSS_SELECTOR, selector).text
+
+
+def submit(driver: WebDriver, form_id: str, collection: str | None = None, **fields: str) -> None:
+    """Fill the console's form `form_id` (its collection picked, text fields typed) and
+    submit it."""
+    form = wait_for(lambda: driver.find_element(By.ID, form_id), what=f"the {form_id} form")
+    if collection:
+        Select(form.find_element(By.NAME, "collection")).select_by_visible_text(collection)
+    for name, value in fields.items():
+        field = form.find_element(By.NAME, name)
+        field.clear()
+        field.send_keys(value)
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+
+
+def ask(driver: WebDriver, question: str, collection: str | None = None) -> WebElement:
+    """Ask on the console's Ask page (open); the answer's section once it is done."""
+    submit(driver, "ask", collection, question=question)
+    section = driver.find_element(By.ID, "answer")
+    wait_for(lambda: section.get_attribute("data-state"), timeout=300, what="the answer")
+    return section

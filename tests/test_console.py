@@ -111,15 +111,8 @@ def test_ask_streams_tokens_and_a_citation_opens_its_passage(
     driver = signed_in
     question, source = QUESTIONS[1]
     driver.get(f"{api}/console/ask")
-    form = browser.wait_for(lambda: driver.find_element(By.ID, "ask"), what="the ask form")
-    Select(form.find_element(By.NAME, "collection")).select_by_visible_text(kb)
-    form.find_element(By.NAME, "question").send_keys(question)
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
-
-    section = driver.find_element(By.ID, "answer")
-    browser.wait_for(
-        lambda: section.get_attribute("data-state") == "done", timeout=300, what="the answer"
-    )
+    section = browser.ask(driver, question, kb)
+    assert section.get_attribute("data-state") == "done"
     tokens = section.find_element(By.CLASS_NAME, "tokens")
     assert int(tokens.get_attribute("data-tokens") or 0) >= 1
     assert float(section.get_attribute("data-first-token-ms") or 0) > 0

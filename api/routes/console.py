@@ -45,6 +45,7 @@ PAGES: dict[str, tuple[str, str | None]] = {
 CONSOLE_PATH = "/console"  # where api/app.py mounts the console
 STAGES = ("dense", "lexical", "fused", "rerank")
 JOBS_SHOWN = 30
+ERRORS_SHOWN = 100
 NEIGHBOURS = 8
 
 
@@ -89,7 +90,7 @@ def nav(request: Request, key: AnyKey) -> HTMLResponse:
 
 @router.get("/parts/collections")
 def collections(request: Request, key: AnyKey) -> HTMLResponse:
-    stats = inspection.collection_stats(None if key.collections is None else key.collections)
+    stats = inspection.collection_stats(key.collections)
     return _render(request, "collections.html", stats=stats, key=key)
 
 
@@ -108,7 +109,7 @@ def health(request: Request, name: str, key: AnyKey) -> HTMLResponse:
 
 @router.get("/parts/jobs")
 def jobs_page(request: Request, key: IngestKey, job: int | None = None) -> HTMLResponse:
-    return _render(request, "jobs.html", job=job, collections=_visible(key))
+    return _render(request, "jobs.html", job=job)
 
 
 @router.get("/parts/jobs/table")
@@ -128,7 +129,7 @@ def _visible_job(key: ApiKey, job_id: int) -> dict[str, Any]:
 @router.get("/parts/jobs/{job_id}")
 def job_detail(request: Request, job_id: int, key: IngestKey) -> HTMLResponse:
     job = _visible_job(key, job_id)
-    errors = jobs.job_errors(job_id, 100)
+    errors = jobs.job_errors(job_id, ERRORS_SHOWN)
     return _render(request, "job.html", job=job, errors=errors)
 
 

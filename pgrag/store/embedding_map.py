@@ -33,6 +33,7 @@ MAX_POINTS = 100_000
 # it each probe would scan the whole collection).
 DUPLICATES_MAX_CHUNKS = 20_000
 CACHED_MAPS = 8
+PCA_FIT_ROWS = 20_000
 COLOR_GROUPS = 12  # the most frequent values get a colour each; the rest are "other"
 
 
@@ -114,12 +115,16 @@ def read_sample(
 
 def pca_2d(vectors: np.ndarray) -> np.ndarray:
     """The vectors' coordinates on their first two principal axes (float32), each axis
-    signed so that its largest loading is positive (the same map every time)."""
-    centred = vectors - vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
-    _, eigenvectors = np.linalg.eigh(centred.T.astype(np.float64) @ centred)
+    signed so that its largest loading is positive (the same map every time). The axes come
+    from the covariance of at most PCA_FIT_ROWS of the vectors, evenly spaced (the sample
+    is in random order already): the same axes to a few decimals, at a fifth of the cost
+    of all 100,000; every vector is then projected."""
+    mean = vectors.mean(axis=0, dtype=np.float64).astype(np.float32)
+    fit = vectors[:: max(1, len(vectors) // PCA_FIT_ROWS)] - mean
+    _, eigenvectors = np.linalg.eigh((fit.T @ fit).astype(np.float64))  # float32 BLAS
     axes = eigenvectors[:, ::-1][:, :2]
-    axes *= np.sign(axes[np.abs(axes).argmax(axis=0), [0, 1]])
-    return (centred @ axes.astype(np.float32)).astype(np.float32)
+    axes = (axes * np.sign(axes[np.abs(axes).argmax(axis=0), [0, 1]])).astype(np.float32)
+    return vectors @ axes - mean @ axes  # centred without a copy of the vectors
 
 
 def random_2d(vectors: np.ndarray, seed: int = 0) -> np.ndarray:
