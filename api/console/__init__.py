@@ -20,7 +20,7 @@ from fastapi import FastAPI, Request, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.gzip import GZipMiddleware
 
-from api.routes import console
+from ..routes import console
 
 STATIC = Path(__file__).parent / "static"
 

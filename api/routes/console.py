@@ -15,7 +15,6 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from api.auth import check_collection, requires, signed_in
 from pgrag.inference.rerank import RerankerUnavailable
 from pgrag.ingest import jobs
 from pgrag.query.retrieval import retrieve
@@ -23,6 +22,8 @@ from pgrag.runtime import keys
 from pgrag.store import embedding_map, inspection
 from pgrag.store.collections import get_collection, list_collections
 from pgrag.store.schema import ApiKey
+
+from ..auth import check_collection, requires, signed_in
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=Path(__file__).parent.parent / "console" / "templates")

@@ -205,7 +205,7 @@ def retrieve(
     # A chunk both lists found is one passage after fusion: the one that holds every score.
     merged = {p.chunk_id: p for p in passages}
     stages = {name: [merged.get(p.chunk_id, p) for p in found[:k]] for name, found in lists.items()}
-    return Retrieval(passages[:k], timings, stages)
+    return Retrieval(passages[:k], timings, stages=stages)
 
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
