@@ -9,6 +9,8 @@ export TOKENIZERS_PARALLELISM := false
 
 $(BIN)/pgrag: pyproject.toml
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	@# The console's browser tests (tests/test_console.py) drive the system's Chromium.
+	@command -v chromedriver >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# Pinned first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.

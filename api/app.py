@@ -3,18 +3,20 @@
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
 a `pgrag` function and shape its result. Every route but /healthz needs an API key
 (`api/auth.py`, docs/security.md); request bodies are bounded (`api/limits.py`). OpenAPI
-docs are served at /docs.
+docs are served at /docs, and the web console at /console (`api/console`).
 """
 
 from __future__ import annotations
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from pgrag.runtime.services import ServiceError
 
+from .console import create_console
 from .limits import BodyLimit
 from .routes import answers, collections, health, ingest, search
+from .routes.console import CONSOLE_PATH
 
 
 def create_app() -> FastAPI:
@@ -26,6 +28,11 @@ def create_app() -> FastAPI:
     )
     for module in (answers, search, ingest, collections, health):
         app.include_router(module.router)
+    app.mount(CONSOLE_PATH, create_console())  # the web console (docs/console.md)
+
+    @app.get("/", include_in_schema=False)
+    def home() -> RedirectResponse:
+        return RedirectResponse(f"{CONSOLE_PATH}/")
     app.add_middleware(BodyLimit)
 
     @app.exception_handler(ServiceError)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from functools import cache
 from typing import Annotated
 
-from fastapi import HTTPException, Security
+from fastapi import Depends, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from pgrag.runtime import keys, streaming
@@ -31,18 +31,23 @@ bearer = HTTPBearer(
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
 
 
+def signed_in(
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> ApiKey:
+    """Any live key, whatever its scopes (401 otherwise)."""
+    if credentials is None:
+        raise HTTPException(401, "an API key is required", headers=UNAUTHORIZED)
+    key = keys.authenticate(credentials.credentials)
+    if key is None:
+        raise HTTPException(401, "unknown or revoked API key", headers=UNAUTHORIZED)
+    return key
+
+
 @cache  # one callable per scope, so FastAPI resolves it once per request
 def requires(*scopes: str) -> Callable[..., ApiKey]:
     """A key with one of `scopes` (admin has them all)."""
 
-    def dependency(
-        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
-    ) -> ApiKey:
-        if credentials is None:
-            raise HTTPException(401, "an API key is required", headers=UNAUTHORIZED)
-        key = keys.authenticate(credentials.credentials)
-        if key is None:
-            raise HTTPException(401, "unknown or revoked API key", headers=UNAUTHORIZED)
+    def dependency(key: Annotated[ApiKey, Depends(signed_in)]) -> ApiKey:
         if not any(key.allows(scope) for scope in scopes):
             raise HTTPException(403, f"this key lacks the {' or '.join(map(repr, scopes))} scope")
         return key

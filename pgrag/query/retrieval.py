@@ -57,6 +57,9 @@ class Retrieval:
     # Questions in the model call that served this one, per stage (see `Batcher`).
     batches: dict[str, int] = field(default_factory=dict)
     query_vector: np.ndarray | None = None  # the query's embedding (dense and hybrid)
+    # Each stage's own top k (dense, lexical, fused, rerank: those that ran), with every
+    # score a passage got, for comparing the rankings side by side.
+    stages: dict[str, list[Passage]] = field(default_factory=dict)
 
 
 # The inner ORDER BY ... LIMIT is what the HNSW index serves; with an iterative scan the
@@ -197,12 +200,17 @@ def retrieve(
             lists["lexical"] = lexical_recall(conn, collection, query, depth, parsed)
     if mode == "hybrid":
         passages = fuse(lists, fusion or Fusion.from_json(collection.fusion), depth)
+        lists["fused"] = passages
     else:
         passages = lists[mode]
     if rerank:
         with _timed(timings, "rerank"):
             passages, batches["rerank"] = rerank_passages(query, passages, top_n)
-    return Retrieval(passages[:k], timings, batches, query_vector)
+        lists["rerank"] = passages
+    # A chunk both lists found is one passage after fusion: the one that holds every score.
+    merged = {p.chunk_id: p for p in passages}
+    stages = {name: [merged.get(p.chunk_id, p) for p in found[:k]] for name, found in lists.items()}
+    return Retrieval(passages[:k], timings, batches, query_vector, stages)
 
 
 def embed_query(collection: Collection, text: str) -> np.ndarray:
