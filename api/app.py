@@ -2,18 +2,31 @@
 
 Routes are grouped by resource in `api/routes/` and stay thin: they parse the request, call
 a `pgrag` function and shape its result. Every route but /healthz needs an API key
-(`api/auth.py`, docs/security.md); request bodies are bounded (`api/limits.py`). OpenAPI
-docs are served at /docs.
+(`api/auth.py`, docs/security.md); request bodies are bounded (`api/limits.py`); what routes
+take is validated by the types of `api/validation.py`. OpenAPI docs are served at /docs; the
+schema's operation ids are the routes' function names.
 """
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+import json
+from typing import Any
 
+from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+
+from api.events import EVENT_DEFINITIONS
 from api.limits import BodyLimit
 from api.routes import answers, health, ingest, search
+from api.validation import refusal
 from pgrag.runtime.services import ServiceError
+
+
+def operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def create_app() -> FastAPI:
@@ -22,6 +35,8 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Ingest documents into PostgreSQL + pgvector and answer questions over "
         "them: queued questions whose answers stream back as server-sent events.",
+        generate_unique_id_function=operation_id,
+        responses={503: refusal("PostgreSQL or Redis is unreachable")},
     )
     for module in (answers, search, ingest, health):
         app.include_router(module.router)
@@ -31,6 +46,23 @@ def create_app() -> FastAPI:
     async def service_unavailable(request: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=503)
 
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI's own 422, ASCII-escaped: it echoes the invalid input, which may hold a lone
+        # surrogate that UTF-8 cannot encode.
+        body = json.dumps({"detail": jsonable_encoder(exc.errors())}, ensure_ascii=True)
+        return Response(body, status_code=422, media_type="application/json")
+
+    fastapi_schema = app.openapi  # FastAPI's, built once and kept
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, with the component schemas of the answer stream's events."""
+        schema = fastapi_schema()
+        for name, definition in EVENT_DEFINITIONS.items():
+            schema["components"]["schemas"].setdefault(name, definition)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
-from api.auth import check_collection, rate_limit, requires
+from api.auth import KEY_REFUSALS, RATE_LIMITED, check_collection, rate_limit, requires
+from api.validation import BODY_REFUSALS, CollectionName, JobId, Text, refusal
 from pgrag.ingest import jobs, pipeline, uploads
 from pgrag.ingest.sources import allowed_path
 from pgrag.runtime.settings import get_settings
@@ -21,17 +22,17 @@ from pgrag.store.schema import ApiKey, IngestJob
 
 IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], responses=KEY_REFUSALS)
 
 
 class IngestRequest(BaseModel):
-    source: str = Field(
+    source: Text = Field(
         description="A folder, JSONL, JSON or Parquet file on the server, under one of its "
         "PGRAG_SOURCE_ROOTS (none by default: upload documents instead)"
     )
-    collection: str
-    create: bool = Field(False, description="Create the collection if it does not exist")
-    delete_missing: bool = Field(
+    collection: CollectionName
+    create: StrictBool = Field(False, description="Create the collection if it does not exist")
+    delete_missing: StrictBool = Field(
         False, description="Remove documents of the collection that are no longer in the source"
     )
 
@@ -94,12 +95,27 @@ def _queue(source: Path, collection: str, *, create: bool, delete_missing: bool)
     return _job(jobs.get_job(job.id), collection, with_errors=False)
 
 
+# Where a job that a request queued can be followed: `GET /v1/jobs/{id}`.
+JOB_LINK = {
+    "links": {
+        "job": {
+            "operationId": "get_job",
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "The job's progress",
+        }
+    }
+}
+
+
 @router.post(
     "/v1/ingest",
     status_code=202,
     responses={
-        400: {"description": "A path outside PGRAG_SOURCE_ROOTS, a bad source or collection"},
-        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+        202: JOB_LINK,
+        **BODY_REFUSALS,
+        400: refusal("A path outside PGRAG_SOURCE_ROOTS, a bad source or an unknown collection"),
+        404: refusal("A collection this key may not use"),
+        **RATE_LIMITED,
     },
 )
 def submit(body: IngestRequest, key: IngestKey) -> Job:
@@ -140,15 +156,16 @@ UPLOAD_BODY = {
     status_code=202,
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
-        400: {"description": "Unknown collection (without create) or an unreadable source"},
-        404: {"description": "A collection this key may not use"},
-        413: {"description": "The request or one file is over its size limit"},
-        415: {"description": "A file type or body media type that pgrag does not read"},
-        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+        202: JOB_LINK,
+        400: refusal("Unknown collection (without create), no files, or a malformed form"),
+        404: refusal("A collection this key may not use"),
+        413: refusal("The request or one file is over its size limit"),
+        415: refusal("A file type or body media type that pgrag does not read"),
+        **RATE_LIMITED,
     },
 )
 async def upload(
-    name: str,
+    name: CollectionName,
     request: Request,
     key: IngestKey,
     create: bool = False,
@@ -196,8 +213,8 @@ async def _save_files(request: Request, folder: Path) -> None:
             await run_in_threadpool(uploads.copy_file, file.file, dest)
 
 
-@router.get("/v1/jobs/{job_id}", responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int, key: IngestKey) -> Job:
+@router.get("/v1/jobs/{job_id}", responses={404: refusal("Unknown job")})
+def get_job(job_id: JobId, key: IngestKey) -> Job:
     """An ingest job's state and counters, with its first per-document errors."""
     try:
         job = jobs.get_job(job_id)
