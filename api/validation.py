@@ -5,6 +5,7 @@ the reason, and declares the same rule in the OpenAPI schema, so that a request 
 schema is valid to the route:
 
     Text            a string PostgreSQL can store: no NUL character, no lone surrogate
+    PathText        a server path: no lone surrogate (pgrag refuses one with a NUL itself)
     Integer         JSON Schema's integer: 30 or 30.0, never "30" or true (use StrictBool
                     for booleans: never 0 or "yes")
     CollectionName  1-64 letters, digits, '_', '.' or '-' (pgrag.store.collections.NAME)
@@ -32,9 +33,7 @@ class Refusal(BaseModel):
     detail: str = Field(description="Why the request was refused")
 
 
-def _storable(value: str) -> str:
-    if "\x00" in value:
-        raise ValueError("NUL characters (\\u0000) are not allowed")
+def _unicode(value: str) -> str:
     try:
         value.encode()
     except UnicodeEncodeError:  # JSON may escape half a surrogate pair; UTF-8 cannot hold it
@@ -42,11 +41,19 @@ def _storable(value: str) -> str:
     return value
 
 
+def _storable(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("NUL characters (\\u0000) are not allowed")
+    return _unicode(value)
+
+
 # The pattern tells schema readers about NUL (a JSON schema cannot express lone surrogates);
 # the validator says why in its own words.
 Text = Annotated[
     str, AfterValidator(_storable), Field(json_schema_extra={"pattern": "^[^\\u0000]*$"})
 ]
+# A server path: a NUL in it is a path outside the roots (400, saying which roots).
+PathText = Annotated[str, AfterValidator(_unicode)]
 
 
 def _number(value: object) -> object:

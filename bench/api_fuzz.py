@@ -78,15 +78,28 @@ PHASES = ("examples", "coverage", "fuzzing", "stateful")
 
 def config(
     token: str,
+    collection: str | None,
     *,
     max_examples: int,
     seed: int,
     request_timeout: float,
     phases: tuple[str, ...] = PHASES,
 ) -> schemathesis.Config:
+    # Questions use the extractive generator, so that none waits for a local model to load;
+    # half the requests name `collection`, so that they reach past "no such collection"
+    # (filters, rerank, answers with passages).
+    dictionaries: dict[str, Any] = {"generator": {"values": ["extractive"]}}
+    parameters: dict[str, Any] = {"body.generator": {"dictionary": "generator"}}
+    if collection is not None:
+        dictionaries["collection"] = {"values": [collection]}
+        for name in ("body.collection", "path.name"):
+            parameters[name] = {"dictionary": "collection", "probability": 0.5}
     return schemathesis.Config.from_dict(
         {
+            "dictionaries": dictionaries,
+            "parameters": parameters,
             "seed": seed,
+            "cache": {"enabled": False},  # what a run sees never depends on earlier runs
             "phases": {phase: {"enabled": phase in phases} for phase in PHASES},
             "workers": 1,
             "request-timeout": request_timeout,
@@ -129,17 +142,23 @@ class Tally:
 def fuzz(
     url: str,
     token: str,
+    collection: str | None,
     *,
     max_examples: int,
     seed: int,
     request_timeout: float = 30.0,
     phases: tuple[str, ...] = PHASES,
 ) -> dict[str, Tally]:
-    """schemathesis's `phases` against the API at `url` with the key `token`: a Tally per
-    operation ("GET /v1/jobs/{job_id}"), and one named "errors" for requests that got no
-    response or could not be made."""
+    """schemathesis's `phases` against the API at `url` with the key `token`, and the name of
+    a `collection` with documents (or None): a Tally per operation ("GET /v1/jobs/{job_id}"),
+    and one named "errors" for requests that got no response or could not be made."""
     settings = config(
-        token, max_examples=max_examples, seed=seed, request_timeout=request_timeout, phases=phases
+        token,
+        collection,
+        max_examples=max_examples,
+        seed=seed,
+        request_timeout=request_timeout,
+        phases=phases,
     )
     schema = schemathesis.openapi.from_url(f"{url}/openapi.json", config=settings)
     tallies: dict[str, Tally] = {}
@@ -205,8 +224,12 @@ def api_server(home: Path, env: dict[str, str]) -> Iterator[str]:
             time.sleep(0.2)
         yield url
     finally:
-        proc.terminate()
-        proc.wait(30)
+        proc.terminate()  # uvicorn waits for open event streams: not for long
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def _healthy(url: str) -> bool:
@@ -214,6 +237,18 @@ def _healthy(url: str) -> bool:
         return httpx.get(f"{url}/healthz", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def sample_collection() -> str:
+    """The sample corpus (examples/corpus), ingested into a collection; its name."""
+    from pgrag.ingest import jobs, pipeline
+
+    job = pipeline.submit(ROOT / "examples" / "corpus", "fuzz_corpus", create=True)
+    while not (job := jobs.get_job(job.id)).finished:
+        time.sleep(0.5)
+    if job.state != "done":
+        raise RuntimeError(f"the sample corpus did not load: {job.error}")
+    return "fuzz_corpus"
 
 
 def main() -> None:
@@ -231,6 +266,7 @@ def main() -> None:
         worker = Worker(home, "ingest,embed,query")
         try:
             worker.wait_ready(300)
+            collection = sample_collection()
             # Server folders it may ingest: the sample corpus (uploads go to PGRAG_HOME).
             env = {**os.environ, "PGRAG_SOURCE_ROOTS": str(ROOT / "examples")}
             with api_server(home.path, env) as url:
@@ -238,7 +274,7 @@ def main() -> None:
                     _, token = keys.create_key(f"fuzz-{scope}", [scope])
                     started = time.perf_counter()
                     results[scope] = fuzz(
-                        url, token, max_examples=args.max_examples, seed=args.seed
+                        url, token, collection, max_examples=args.max_examples, seed=args.seed
                     )
                     seconds[scope] = round(time.perf_counter() - started, 1)
         finally:

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 from api.events import AnswerEvent
 from bench.api_fuzz import PHASES, failures, fuzz
 from pgrag.runtime.keys import SCOPES
-from tests.conftest import KeyClient
+from tests.conftest import EXAMPLES, KeyClient
 from tests.test_api import sse
 from tests.test_security import counts, wait_done
 
@@ -48,7 +48,9 @@ def raw_json(client: httpx.Client, path: str, body: str) -> httpx.Response:
     return client.post(path, content=body, headers={"Content-Type": "application/json"})
 
 
-def test_bad_inputs_are_refused_with_the_reason_and_no_side_effect(admin: KeyClient) -> None:
+def test_bad_inputs_are_refused_with_the_reason_and_no_side_effect(
+    api: str, admin: KeyClient
+) -> None:
     before = counts()
     refusals: list[tuple[httpx.Response, str, str]] = [
         (
@@ -106,6 +108,11 @@ def test_bad_inputs_are_refused_with_the_reason_and_no_side_effect(admin: KeyCli
         errors = r.json()["detail"]
         assert any(field in e["loc"] for e in errors), r.text
         assert any(reason in e["msg"] for e in errors), r.text
+    # A path under the roots that no file system can hold (a name over 255 bytes).
+    ingester = KeyClient(api, ["ingest"])
+    body = {"source": str(EXAMPLES / ("x" * 300)), "collection": "kb", "create": True}
+    r = ingester.post("/v1/ingest", json=body)
+    assert r.status_code == 400 and "File name too long" in r.json()["detail"], r.text
     assert counts() == before
 
 
@@ -162,14 +169,23 @@ def test_the_schema_declares_refusals_events_and_links(api: str) -> None:
 
 
 @pytest.mark.parametrize("scope", SCOPES)
-def test_fuzzing_finds_no_server_error_and_no_schema_violation(api: str, scope: str) -> None:
-    """Every check of schemathesis on every response. The admin key reaches every route and
-    gets every phase; the others mostly meet 403s, so they get fewer examples and no coverage
-    phase (bench/api_fuzz.py runs it with each)."""
+def test_fuzzing_finds_no_server_error_and_no_schema_violation(
+    api: str, one_doc: str, scope: str
+) -> None:
+    """Every check of schemathesis on every response. The admin key reaches every route, on
+    a collection with a document, and gets every phase; the others mostly meet 403s, so they
+    get fewer examples, no coverage phase and no collection (bench/api_fuzz.py gives each
+    key everything)."""
     client = KeyClient(api, [scope])
-    examples, phases = (4, PHASES) if scope == "admin" else (2, ("examples", "fuzzing", "stateful"))
+    admin = scope == "admin"
     tallies = fuzz(
-        api, client.token, max_examples=examples, seed=SEED, request_timeout=10, phases=phases
+        api,
+        client.token,
+        one_doc if admin else None,
+        max_examples=4 if admin else 2,
+        seed=SEED,
+        request_timeout=10,
+        phases=PHASES if admin else ("examples", "fuzzing", "stateful"),
     )
     operations = {
         f"{method.upper()} {path}"

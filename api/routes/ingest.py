@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import KEY_REFUSALS, RATE_LIMITED, check_collection, rate_limit, requires
-from api.validation import BODY_REFUSALS, CollectionName, JobId, Text, refusal
+from api.validation import BODY_REFUSALS, CollectionName, JobId, PathText, refusal
 from pgrag.ingest import jobs, pipeline, uploads
 from pgrag.ingest.sources import allowed_path
 from pgrag.runtime.settings import get_settings
@@ -26,7 +26,7 @@ router = APIRouter(tags=["ingest"], responses=KEY_REFUSALS)
 
 
 class IngestRequest(BaseModel):
-    source: Text = Field(
+    source: PathText = Field(
         description="A folder, JSONL, JSON or Parquet file on the server, under one of its "
         "PGRAG_SOURCE_ROOTS (none by default: upload documents instead)"
     )
