@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from functools import cache
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -22,6 +22,8 @@ from pgrag.runtime.settings import get_settings
 from pgrag.store.collections import UnknownCollection
 from pgrag.store.schema import ApiKey
 
+from .validation import refusal
+
 bearer = HTTPBearer(
     auto_error=False,
     scheme_name="api_key",
@@ -29,6 +31,18 @@ bearer = HTTPBearer(
     "`Authorization: Bearer pgrag_...`",
 )
 UNAUTHORIZED = {"WWW-Authenticate": "Bearer"}
+
+# The OpenAPI responses of these refusals: KEY_REFUSALS for every route that needs a key.
+KEY_REFUSALS: dict[int | str, dict[str, Any]] = {
+    401: refusal("No API key, or an unknown or revoked one", {"WWW-Authenticate": "Bearer"}),
+    403: refusal("A key without the route's scope"),
+}
+RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: refusal(
+        "Over this key's rate limit (PGRAG_RATE_*_PER_MIN)",
+        {"Retry-After": "Seconds until the key may try again"},
+    )
+}
 
 
 def signed_in(

@@ -2,8 +2,9 @@
 
 `POST /v1/ask` queues a question and returns its id (202). `GET /v1/answers/{id}` streams
 its events as server-sent events from the first one (a late reader misses nothing; a client
-that reconnects with `Last-Event-ID` resumes after that event); with `?wait=false` it
-returns the stored row as JSON instead.
+that reconnects with `Last-Event-ID` resumes after that event, and is told 204 when that was
+the last); with `?wait=false` it returns the stored row as JSON instead. The events' schema
+is in api/events.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Header, HTTPException
+from fastapi import APIRouter, Depends, HTTPException, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from pgrag.client import final_event
@@ -24,9 +25,18 @@ from pgrag.query import answering
 from pgrag.runtime import streaming
 from pgrag.store.schema import ApiKey, Query
 
-from ..auth import check_collection, rate_limit, requires
+from ..auth import KEY_REFUSALS, RATE_LIMITED, check_collection, rate_limit, requires
+from ..events import EVENT_SCHEMA, Citation
+from ..validation import (
+    BODY_REFUSALS,
+    CollectionName,
+    Integer,
+    LastEventId,
+    Text,
+    refusal,
+)
 
-router = APIRouter(tags=["answers"])
+router = APIRouter(tags=["answers"], responses=KEY_REFUSALS)
 AskKey = Annotated[ApiKey, Depends(requires("ask"))]
 
 # Far above PGRAG_MAX_QUESTION_CHARS: longer questions are refused by the worker with an
@@ -35,13 +45,13 @@ HARD_MAX_QUESTION_CHARS = 1_000_000
 
 
 class AskRequest(BaseModel):
-    question: str = Field(max_length=HARD_MAX_QUESTION_CHARS)
-    collection: str
-    k: int = Field(answering.DEFAULT_K, ge=1, le=answering.MAX_K, description="Passages used")
-    rerank: bool | None = Field(
+    question: Text = Field(max_length=HARD_MAX_QUESTION_CHARS)
+    collection: CollectionName
+    k: Integer = Field(answering.DEFAULT_K, ge=1, le=answering.MAX_K, description="Passages used")
+    rerank: StrictBool | None = Field(
         None, description="Rerank with the cross-encoder; null: when its model can be loaded"
     )
-    filters: list[str] = Field(
+    filters: list[Text] = Field(
         default_factory=list, description="Metadata conditions KEY OP VALUE, ANDed: lang=en"
     )
     generator: Literal["extractive", "local", "openai"] | None = Field(
@@ -52,15 +62,6 @@ class AskRequest(BaseModel):
 class AskResponse(BaseModel):
     id: uuid.UUID
     answer_url: str = Field(description="GET it for the answer's server-sent events")
-
-
-class Citation(BaseModel):
-    n: int
-    chunk_id: int
-    document_id: int
-    external_id: str
-    title: str | None
-    inferred: bool = Field(False, description="Traced from the answer's words, not cited by [n]")
 
 
 class Answer(BaseModel):
@@ -90,8 +91,18 @@ class Answer(BaseModel):
     "/v1/ask",
     status_code=202,
     responses={
-        404: {"description": "A collection this key may not use"},
-        429: {"description": "Too many questions from this key; see Retry-After"},
+        202: {
+            "links": {
+                "answer": {
+                    "operationId": "get_answer",
+                    "parameters": {"query_id": "$response.body#/id"},
+                    "description": "The question's answer",
+                }
+            }
+        },
+        **BODY_REFUSALS,
+        404: refusal("A collection this key may not use"),
+        **RATE_LIMITED,
     },
 )
 def ask(body: AskRequest, key: AskKey) -> AskResponse:
@@ -126,17 +137,16 @@ SSE_DOC = (
         200: {
             "model": Answer,
             "description": f"{SSE_DOC} With wait=false: the stored question and answer (JSON).",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"itemSchema": EVENT_SCHEMA}},
         },
-        404: {"description": "Unknown question id, or one asked with another key"},
+        204: {"description": "Last-Event-ID is the answer's last event: no more will come"},
+        400: refusal("Last-Event-ID is no event of this answer's stream"),
+        404: refusal("Unknown question id, or one asked with another key"),
     },
 )
 async def get_answer(
-    query_id: uuid.UUID,
-    key: AskKey,
-    wait: bool = True,
-    last_event_id: str | None = Header(None, description="Resume after this event id"),
-) -> StreamingResponse | Answer:
+    query_id: uuid.UUID, key: AskKey, wait: bool = True, last_event_id: LastEventId = None
+) -> Response | Answer:
     """The question's events as they come (wait=true), or its stored row (wait=false)."""
     try:
         row = await run_in_threadpool(answering.get_query, query_id)
@@ -146,8 +156,18 @@ async def get_answer(
         raise HTTPException(404, str(e)) from None
     if not wait:
         return Answer.model_validate(row, from_attributes=True)
+    after = "0"
+    # Once the stream has expired, a finished question's answer comes from its row, whatever
+    # the client last saw (_events).
+    if last_event_id is not None and await run_in_threadpool(streaming.exists, row.id):
+        last = await run_in_threadpool(streaming.entry, row.id, last_event_id)
+        if last is None:
+            raise HTTPException(400, f"Last-Event-ID {last_event_id}: no such event in the stream")
+        if last.final:
+            return Response(status_code=204)  # the SSE way to tell a client not to reconnect
+        after = last_event_id
     return StreamingResponse(
-        _events(row, last_event_id or "0"),
+        _events(row, after),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

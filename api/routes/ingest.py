@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 from starlette.concurrency import run_in_threadpool
 
 from pgrag.ingest import jobs, pipeline, uploads
@@ -19,21 +19,22 @@ from pgrag.runtime.settings import get_settings
 from pgrag.store.collections import get_collection_by_id, list_collections
 from pgrag.store.schema import ApiKey, IngestJob
 
-from ..auth import check_collection, rate_limit, requires
+from ..auth import KEY_REFUSALS, RATE_LIMITED, check_collection, rate_limit, requires
+from ..validation import BODY_REFUSALS, CollectionName, JobId, PathText, refusal
 
 IngestKey = Annotated[ApiKey, Depends(requires("ingest"))]
 
-router = APIRouter(tags=["ingest"])
+router = APIRouter(tags=["ingest"], responses=KEY_REFUSALS)
 
 
 class IngestRequest(BaseModel):
-    source: str = Field(
+    source: PathText = Field(
         description="A folder, JSONL, JSON or Parquet file on the server, under one of its "
         "PGRAG_SOURCE_ROOTS (none by default: upload documents instead)"
     )
-    collection: str
-    create: bool = Field(False, description="Create the collection if it does not exist")
-    delete_missing: bool = Field(
+    collection: CollectionName
+    create: StrictBool = Field(False, description="Create the collection if it does not exist")
+    delete_missing: StrictBool = Field(
         False, description="Remove documents of the collection that are no longer in the source"
     )
 
@@ -100,12 +101,27 @@ def _queue(source: Path, collection: str, *, create: bool, delete_missing: bool)
     return _job(jobs.get_job(job.id), collection, with_errors=False)
 
 
+# Where a job that a request queued can be followed: `GET /v1/jobs/{id}`.
+JOB_LINK = {
+    "links": {
+        "job": {
+            "operationId": "get_job",
+            "parameters": {"job_id": "$response.body#/id"},
+            "description": "The job's progress",
+        }
+    }
+}
+
+
 @router.post(
     "/v1/ingest",
     status_code=202,
     responses={
-        400: {"description": "A path outside PGRAG_SOURCE_ROOTS, a bad source or collection"},
-        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+        202: JOB_LINK,
+        **BODY_REFUSALS,
+        400: refusal("A path outside PGRAG_SOURCE_ROOTS, a bad source or an unknown collection"),
+        404: refusal("A collection this key may not use"),
+        **RATE_LIMITED,
     },
 )
 def submit(body: IngestRequest, key: IngestKey) -> Job:
@@ -146,15 +162,16 @@ UPLOAD_BODY = {
     status_code=202,
     openapi_extra={"requestBody": UPLOAD_BODY},
     responses={
-        400: {"description": "Unknown collection (without create) or an unreadable source"},
-        404: {"description": "A collection this key may not use"},
-        413: {"description": "The request or one file is over its size limit"},
-        415: {"description": "A file type or body media type that pgrag does not read"},
-        429: {"description": "Too many ingest jobs from this key; see Retry-After"},
+        202: JOB_LINK,
+        400: refusal("Unknown collection (without create), no files, or a malformed form"),
+        404: refusal("A collection this key may not use"),
+        413: refusal("The request or one file is over its size limit"),
+        415: refusal("A file type or body media type that pgrag does not read"),
+        **RATE_LIMITED,
     },
 )
 async def upload(
-    name: str,
+    name: CollectionName,
     request: Request,
     key: IngestKey,
     create: bool = False,
@@ -215,8 +232,8 @@ def _visible_job(job_id: int, key: ApiKey) -> tuple[IngestJob, str]:
     return job, collection
 
 
-@router.get("/v1/jobs/{job_id}", responses={404: {"description": "Unknown job"}})
-def get_job(job_id: int, key: IngestKey) -> Job:
+@router.get("/v1/jobs/{job_id}", responses={404: refusal("Unknown job")})
+def get_job(job_id: JobId, key: IngestKey) -> Job:
     """An ingest job's state and counters, with its first per-document errors."""
     return _job(*_visible_job(job_id, key))
 
@@ -232,8 +249,8 @@ def list_jobs(key: IngestKey, limit: Annotated[int, Query(ge=1, le=1000)] = 20) 
     ]
 
 
-@router.post("/v1/jobs/{job_id}/cancel", responses={404: {"description": "Unknown job"}})
-def cancel_job(job_id: int, key: IngestKey) -> Job:
+@router.post("/v1/jobs/{job_id}/cancel", responses={404: refusal("Unknown job")})
+def cancel_job(job_id: JobId, key: IngestKey) -> Job:
     """Cancel a job that has not finished: its workers skip the work that remains. A
     finished job is left as it is."""
     _, collection = _visible_job(job_id, key)

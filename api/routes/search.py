@@ -5,32 +5,33 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, HTTPException
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from pgrag.inference.rerank import RerankerUnavailable
 from pgrag.query.retrieval import retrieve
 from pgrag.store.collections import get_collection
 from pgrag.store.schema import ApiKey
 
-from ..auth import check_collection, requires
+from ..auth import KEY_REFUSALS, check_collection, requires
+from ..validation import BODY_REFUSALS, CollectionName, Integer, Text, refusal
 
-router = APIRouter(tags=["search"])
+router = APIRouter(tags=["search"], responses=KEY_REFUSALS)
 
 
 class SearchRequest(BaseModel):
-    query: str = Field(min_length=1, max_length=100_000)
-    collection: str
-    k: int = Field(10, ge=1, le=1000)
+    query: Text = Field(min_length=1, max_length=100_000)
+    collection: CollectionName
+    k: Integer = Field(10, ge=1, le=1000)
     mode: Literal["dense", "lexical", "hybrid"] = Field(
         "hybrid",
         description="dense: HNSW; lexical: BM25; hybrid: both fused (the collection's fusion,"
         " z-scores by default)",
     )
-    filters: list[str] = Field(
+    filters: list[Text] = Field(
         default_factory=list,
         description="Metadata conditions KEY OP VALUE, ANDed: lang=en, year>=2020, tags~hr",
     )
-    rerank: bool = Field(False, description="Rescore the fused top N with the cross-encoder")
+    rerank: StrictBool = Field(False, description="Rescore the fused top N with the cross-encoder")
 
 
 class PassageOut(BaseModel):
@@ -55,9 +56,10 @@ class SearchResponse(BaseModel):
 @router.post(
     "/v1/search",
     responses={
-        400: {"description": "A malformed filter"},
-        404: {"description": "Unknown collection"},
-        503: {"description": "rerank was asked for and the reranker model cannot be loaded"},
+        **BODY_REFUSALS,
+        400: refusal("A malformed filter, or a body that is not JSON"),
+        404: refusal("Unknown collection, or one this key may not use"),
+        503: refusal("rerank was asked for and the reranker model cannot be loaded"),
     },
 )
 def search(

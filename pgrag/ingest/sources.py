@@ -125,13 +125,17 @@ def open_source(path: str | Path, *, max_document_bytes: int) -> Source:
     if max_document_bytes <= 0:
         raise ValueError("max_document_bytes must be positive")
     p = Path(path).expanduser()
-    if p.is_dir():
+    try:
+        is_dir, exists = p.is_dir(), p.exists()
+    except OSError as e:  # a name too long for the file system, say
+        raise SourceNotFound(f"{path}: {_os_reason(e)}") from None
+    if is_dir:
         try:
             os.scandir(p).close()
         except OSError as e:
             raise SourceNotFound(f"{path}: cannot open folder: {_os_reason(e)}") from None
         return FolderSource(p, max_document_bytes)
-    if not p.exists():
+    if not exists:
         raise SourceNotFound(f"{path}: does not exist")
     if not p.is_file():
         raise SourceNotFound(f"{path}: not a regular file or folder")

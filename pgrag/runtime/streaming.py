@@ -20,6 +20,7 @@ gets every event from the first; the final answer also stays in `pgrag.queries`.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from pgrag.runtime.services import redis_url
 from pgrag.runtime.settings import Settings, get_settings
 
 FINAL = frozenset({"done", "error"})
+# An entry id as XADD gives them, "<ms>-<seq>": 19 digits each always fit Redis's 64-bit parts,
+# so an id of this form never makes a stream command fail.
+ENTRY_ID = r"^[0-9]{1,19}-[0-9]{1,19}$"
 READ_TIMEOUT_S = 600.0
 BLOCK_MS = 1000  # one XREAD waits at most this long, so deadlines are checked in between
 
@@ -101,6 +105,15 @@ def publish(query_id: object, event: str, data: dict[str, Any], attempt: int = 0
 
 def exists(query_id: object) -> bool:
     return bool(connection().exists(stream_key(query_id)))
+
+
+def entry(query_id: object, entry_id: str) -> Event | None:
+    """The event `entry_id` of the question's stream, None when it has none. ValueError for
+    an id not of the ENTRY_ID form (which Redis might refuse)."""
+    if not re.fullmatch(ENTRY_ID, entry_id):
+        raise ValueError(f"{entry_id!r} is not a stream entry id (<ms>-<seq>)")
+    found = connection().xrange(stream_key(query_id), entry_id, entry_id, count=1)
+    return _events([(None, found)])[0] if found else None
 
 
 class TokenBuffer:
