@@ -11,9 +11,9 @@ from pydantic import BaseModel, Field
 from pgrag.store import collections
 from pgrag.store.schema import ApiKey
 
-from ..auth import requires
+from ..auth import KEY_REFUSALS, requires
 
-router = APIRouter(tags=["collections"])
+router = APIRouter(tags=["collections"], responses=KEY_REFUSALS)
 
 
 class CollectionInfo(BaseModel):
