@@ -69,8 +69,7 @@ def test_the_packaged_cross_encoder_resolves_to_its_package_folder() -> None:
 @pytest.mark.parametrize("backend", ["auto", "openvino"])
 def test_the_packaged_cross_encoder_ranks_the_answer_first(backend: str) -> None:
     reranker = load_reranker(DEFAULT_RERANK_MODEL, "cpu", backend)
-    expected = "openvino" if backend == "openvino" else cross_encoders.onnx_runtime("auto")
-    assert reranker.runtime == f"{expected}-cpu"
+    assert reranker.runtime == f"{cross_encoders.onnx_runtime(backend, 'cpu')}-cpu"
     # Every question's pairs in one call, as a query worker batches many questions.
     scores = score_pairs(pairs_of(JUDGED), model=reranker)
     per_question = scores.reshape(len(JUDGED), 3)
@@ -86,12 +85,38 @@ def test_the_packaged_cross_encoder_ranks_the_answer_first(backend: str) -> None
 
 @needs_packaged
 def test_onnx_runtime_and_openvino_agree_on_the_packaged_model() -> None:
-    if cross_encoders.onnx_runtime("auto") != "onnxruntime":
+    if cross_encoders.onnx_runtime("auto", "cpu") != "onnxruntime":
         pytest.skip("ONNX Runtime is not installed (make install adds it)")
     pairs = pairs_of(JUDGED)
     a = score_pairs(pairs, model=load_reranker(DEFAULT_RERANK_MODEL, "cpu", "auto"))
     b = score_pairs(pairs, model=load_reranker(DEFAULT_RERANK_MODEL, "cpu", "openvino"))
     np.testing.assert_allclose(a, b, atol=1.0)
+
+
+@needs_packaged
+def test_the_torch_copy_for_cuda_scores_as_the_onnx_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What CUDA runs (in fp16), run here in fp32: the weights de-quantized into a BERT."""
+    pytest.importorskip("onnx", reason="the ONNX reader is not installed (make install adds it)")
+    from pgrag.inference.onnx_torch import torch_copy
+    from pgrag.runtime.settings import get_settings
+
+    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))
+    get_settings.cache_clear()
+    try:
+        copy = load_reranker(DEFAULT_RERANK_MODEL, "cpu", "torch")
+        assert copy.runtime == "torch-fp32"
+        folder = Path(torch_copy(DEFAULT_RERANK_MODEL, resolve_model(DEFAULT_RERANK_MODEL)))
+        assert folder.is_relative_to(tmp_path) and (folder / "SHA256SUMS").is_file()
+    finally:
+        get_settings.cache_clear()
+    pairs = pairs_of(JUDGED)
+    onnx = score_pairs(pairs, model=load_reranker(DEFAULT_RERANK_MODEL, "cpu", "openvino"))
+    torch_ = score_pairs(pairs, model=copy)
+    np.testing.assert_allclose(torch_, onnx, atol=1.0)
+    for row in torch_.reshape(len(JUDGED), 3):
+        assert row[0] > max(row[1:]) + 3
 
 
 @pytest.fixture(scope="module")

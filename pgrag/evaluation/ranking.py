@@ -40,6 +40,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pgrag.query.fusion import Fusion
 from pgrag.store.schema import Collection, IngestJob
 
@@ -243,7 +245,12 @@ def evaluate(
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, ModeResult]:
     """Run every judged query in each mode over the top `chunks` chunks; metrics per mode,
-    and the time of each query's rerank stage for the modes that rerank."""
+    and the time of each query's rerank stage for the modes that rerank.
+
+    The "fused+rerank@N" modes share their work: each query's fused list is reranked once,
+    deepest mode last, the scores of the top N passages coming from the shallower modes'
+    calls; a mode's rerank time is the time of the calls that scored its top N.
+    """
     from pgrag.inference.embedding import collection_embedder
     from pgrag.query.retrieval import rerank_passages, retrieve
 
@@ -253,6 +260,8 @@ def evaluate(
     vectors = embedder.encode([data.queries[q] for q in ids])
     results: dict[str, ModeResult] = {}
     for mode, (search_mode, depth, fusion) in parsed.items():
+        if AT_DEPTH.fullmatch(mode):
+            continue
         runs: dict[str, dict[str, float]] = {}
         rerank_ms: list[float] = []
         start = time.perf_counter()
@@ -274,7 +283,51 @@ def evaluate(
                 progress(mode, i + 1)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(ids), 1)
         results[mode] = ModeResult(score_run(runs, data.qrels), runs, elapsed, rerank_ms)
-    return results
+    depths = {m: d for m, (_, d, _) in parsed.items() if AT_DEPTH.fullmatch(m) and d}
+    if depths:
+        results.update(_at_depths(collection, data, vectors, depths, chunks, progress))
+    return {mode: results[mode] for mode in modes}
+
+
+def _at_depths(
+    collection: Collection,
+    data: BeirData,
+    vectors: np.ndarray,
+    depths: dict[str, int],
+    chunks: int,
+    progress: Callable[[str, int], None] | None,
+) -> dict[str, ModeResult]:
+    """The fused+rerank@N modes, every query's fused list reranked once (see `evaluate`)."""
+    from pgrag.inference.rerank import rerank_scores
+    from pgrag.query.retrieval import retrieve
+
+    ordered = sorted(depths, key=depths.__getitem__)
+    runs: dict[str, dict[str, dict[str, float]]] = {m: {} for m in ordered}
+    spent: dict[str, list[float]] = {m: [] for m in ordered}  # rerank ms per query
+    recall_ms: list[float] = []
+    for i, (q, vector) in enumerate(zip(data.queries, vectors, strict=True)):
+        question = data.queries[q]
+        t = time.perf_counter()
+        fused = retrieve(
+            collection, question, k=chunks, mode="hybrid", query_vector=vector
+        ).passages
+        recall_ms.append((time.perf_counter() - t) * 1000)
+        scores: list[float] = []
+        ms = 0.0
+        for mode in ordered:
+            t = time.perf_counter()
+            scores.extend(rerank_scores(question, fused[len(scores) : depths[mode]]).tolist())
+            ms += (time.perf_counter() - t) * 1000
+            spent[mode].append(ms)
+            head = sorted(range(len(scores)), key=lambda j: -scores[j])
+            ranked = [fused[j] for j in head] + fused[len(scores) :]
+            runs[mode][q] = document_run(p.external_id for p in ranked)
+        if progress:
+            progress(ordered[-1], i + 1)
+    total = {m: statistics.mean(map(sum, zip(recall_ms, spent[m], strict=True))) for m in ordered}
+    return {
+        m: ModeResult(score_run(runs[m], data.qrels), runs[m], total[m], spent[m]) for m in ordered
+    }
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -4,12 +4,13 @@ Two kinds of model folder:
 
 - an **ONNX cross-encoder**: `model.onnx` with its tokenizer files (`tokenizer.json`,
   `tokenizer_config.json`), as the packaged ms-marco-MiniLM-L-12-v2 ships (int8 weights,
-  activations quantized on the fly). ONNX Runtime runs it where it is installed (`make
-  install` adds it; on a GPU, `onnxruntime-gpu` brings its CUDA provider, which runs the
-  model with the CPU provider taking the operators it has no CUDA kernel for); otherwise,
-  or with `PGRAG_INFERENCE_BACKEND=openvino`, OpenVINO reads the ONNX file on the CPU. On
-  a 2-core AMD EPYC (AVX512-VNNI) ONNX Runtime scored pairs 2-3 times as fast as OpenVINO
-  (`bench/rerank_speed.py`, docs/quality.md#rerank);
+  activations quantized on the fly). On a CPU, ONNX Runtime runs it where it is installed
+  (`make install` adds it), else OpenVINO reads the ONNX file (or with
+  `PGRAG_INFERENCE_BACKEND=openvino`); on the 2-core AMD EPYC of the development machine
+  (AVX512-VNNI) ONNX Runtime scored pairs 2-3 times as fast as OpenVINO (docs/cpu.md). On
+  CUDA (or with `PGRAG_INFERENCE_BACKEND=torch`) it runs as a torch copy with its weights
+  de-quantized (`pgrag.inference.onnx_torch`): ONNX Runtime's CUDA provider has no kernels
+  for its int8 operators;
 - a **sentence-transformers CrossEncoder** (a folder with `config.json`, or a hub id): torch
   (fp16 on CUDA), or on a CPU its forward pass exported to OpenVINO
   (`pgrag.inference.openvino`), as the embedder.
@@ -21,17 +22,13 @@ only computes. Every runtime here may be called from several threads at once.
 from __future__ import annotations
 
 import importlib.util
-import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from sentence_transformers import CrossEncoder
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
-
-log = logging.getLogger(__name__)
 
 ONNX_FILE = "model.onnx"
 Features = dict[str, np.ndarray]
@@ -41,11 +38,15 @@ def is_onnx_model(path: str) -> bool:
     return (Path(path) / ONNX_FILE).is_file()
 
 
-def onnx_runtime(backend_setting: str) -> str:
-    """The runtime of an ONNX cross-encoder: "openvino" when the backend setting names it or
-    ONNX Runtime is not installed, else "onnxruntime"."""
-    if backend_setting.strip().startswith("openvino"):
+def onnx_runtime(backend_setting: str, device: str) -> str:
+    """What runs an ONNX cross-encoder on `device` for a backend setting: "torch" (its
+    de-quantized copy) on CUDA or when the setting names torch, "openvino" when it names
+    OpenVINO or ONNX Runtime is not installed, else "onnxruntime"."""
+    setting = backend_setting.strip()
+    if setting.startswith("openvino"):
         return "openvino"
+    if setting.startswith("torch") or device.startswith("cuda"):
+        return "torch"
     return "onnxruntime" if importlib.util.find_spec("onnxruntime") else "openvino"
 
 
@@ -67,42 +68,27 @@ class Model:
         return np.asarray(self._forward(features), dtype=np.float32).reshape(-1)
 
 
-def load_onnx(path: str, device: str, runtime: str) -> Model:
-    """An ONNX cross-encoder folder on `device`, run by `runtime` ("onnxruntime" or
+def load_onnx(path: str, runtime: str) -> Model:
+    """An ONNX cross-encoder folder on the CPU, run by `runtime` ("onnxruntime" or
     "openvino")."""
     tokenizer = AutoTokenizer.from_pretrained(path)
     onnx = Path(path) / ONNX_FILE
-    if runtime == "openvino":
-        forward, name = _openvino(onnx), "openvino-cpu"
-    else:
-        forward, name = _onnxruntime(onnx, device)
-    return Model(tokenizer, forward, name)
+    forward = _openvino(onnx) if runtime == "openvino" else _onnxruntime(onnx)
+    return Model(tokenizer, forward, f"{runtime}-cpu")
 
 
-def _onnxruntime(onnx: Path, device: str) -> tuple[Callable[[Features], np.ndarray], str]:
+def _onnxruntime(onnx: Path) -> Callable[[Features], np.ndarray]:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()  # this process's share of cores
-    providers: list[Any] = ["CPUExecutionProvider"]
-    where = "cpu"
-    if device.startswith("cuda"):
-        if "CUDAExecutionProvider" in ort.get_available_providers():
-            index = int(device.partition(":")[2] or 0)
-            providers.insert(0, ("CUDAExecutionProvider", {"device_id": index}))
-            where = "cuda"
-        else:
-            log.warning(
-                "ONNX Runtime has no CUDA provider here (pip install onnxruntime-gpu): "
-                "the reranker runs on the CPU"
-            )
-    session = ort.InferenceSession(str(onnx), options, providers=providers)
+    session = ort.InferenceSession(str(onnx), options, providers=["CPUExecutionProvider"])
     names = [i.name for i in session.get_inputs()]
 
     def forward(features: Features) -> np.ndarray:
         return session.run(None, {n: features[n] for n in names})[0]
 
-    return forward, f"onnxruntime-{where}"
+    return forward
 
 
 def _openvino(onnx: Path) -> Callable[[Features], np.ndarray]:

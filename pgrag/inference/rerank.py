@@ -166,10 +166,14 @@ def load_reranker(
 def _load(name: str, device: str, backend: str) -> Reranker:
     path = resolve_model(name)
     try:
-        if cross_encoders.is_onnx_model(path):
-            runtime = cross_encoders.onnx_runtime(backend)
-            model = cross_encoders.load_onnx(path, device, runtime)
+        runtime = cross_encoders.onnx_runtime(backend, device)
+        if cross_encoders.is_onnx_model(path) and runtime != "torch":
+            model = cross_encoders.load_onnx(path, runtime)
         else:
+            if cross_encoders.is_onnx_model(path):
+                from pgrag.inference.onnx_torch import torch_copy
+
+                path, backend = torch_copy(name, path), "torch"
             model = cross_encoders.load_sentence_transformers(
                 name, path, device, pick_backend(backend, device)
             )
