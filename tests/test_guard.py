@@ -87,3 +87,21 @@ def test_short_sentences_may_repeat() -> None:
     text = "Yes. Yes. 1. Backups. 2. Keys. No."
     guard = RepetitionGuard([text])
     assert "".join(guard) == text and guard.repeated is None
+
+
+def test_a_phrase_said_again_and_again_ends_the_answer() -> None:
+    """Loops that are not sentences, as SmolLM2 wrote them until its token limit."""
+    for start, unit, phrase in [
+        ("The lake holds ", "1.67 cubic kilometers; ", "1 67 cubic kilometers"),
+        ("It is found in the RP-BPP", "-PQP", "pqp"),
+        ("See the sources ", "[7]. ", "[n]"),
+    ]:
+        pieces = [start, *([unit] * 100)]
+        guard = RepetitionGuard(pieces)
+        answer = "".join(guard)
+        assert guard.repeated == phrase
+        assert answer.startswith(start) and answer.count(unit.strip()) <= 12
+    # A phrase said twice, or a word three times, is no loop.
+    text = "It is very, very, very old. The cat sat on the mat, the cat sat on the mat."
+    guard = RepetitionGuard([text])
+    assert "".join(guard) == text and guard.repeated is None

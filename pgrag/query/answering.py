@@ -8,8 +8,8 @@ The task carries the question's id only; the question and its options live in th
 
     status(running) -> status(retrieving) -> passages -> status(generating) -> token... -> done
 
-(with a `status(stopped)` before `done` when the answer began to repeat a sentence: the
-guard of `pgrag.query.generation.guard` ends it there)
+(with a `status(stopped)` before `done` when the answer began to repeat a sentence or a
+phrase: the guard of `pgrag.query.generation.guard` ends it there)
 
 and then stores the answer, its citations, the passages with every stage's score, the
 timings and the question's embedding in the row. A question that cannot be answered (empty,
@@ -292,8 +292,8 @@ def _generate(
     finally:
         tokens.flush()  # what was generated before a failure still reaches the readers
     if guard.repeated:
-        reason = "the answer began to repeat a sentence; generation was stopped there"
-        stopped = {"state": "stopped", "reason": reason, "sentence": guard.repeated}
+        reason = "the answer began to repeat itself; generation was stopped there"
+        stopped = {"state": "stopped", "reason": reason, "repeated": guard.repeated}
         streaming.publish(key, "status", stopped)
     return "".join(pieces).strip()
 

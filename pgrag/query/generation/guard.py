@@ -17,6 +17,13 @@ once, the repeat is never shown, and streaming waits only on text that looks lik
 Sentences are compared by their words, ignoring case, spacing, punctuation and [n]
 citations; a sentence ends at ., ! or ? followed by a space, or at a line break.
 Sentences of fewer than MIN_WORDS words ("Yes.", a list's "1.") may repeat.
+
+A loop need not be made of sentences: "1.67 cubic kilometers; 1.67 cubic kilometers; ...",
+"-PQP-PQP-PQP", "[25]. [26]. [27]." ran SmolLM2 to its token limit too. So the guard also
+ends the answer where its last words are one short phrase said again and again, back to
+back (`loops`: a phrase of up to MAX_PHRASE words, [n] citations counted as one word,
+repeated until it makes LOOP_WORDS words, three times at least). Those repeats were already
+streamed; the answer stops before the next.
 """
 
 from __future__ import annotations
@@ -25,10 +32,13 @@ import re
 from collections.abc import Iterable, Iterator
 
 MIN_WORDS = 3
+MAX_PHRASE = 16
+LOOP_WORDS = 12
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n+")
 _CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]")
 _UNFINISHED_CITATION = re.compile(r"\[[\d,\s]*$")
 _WORD = re.compile(r"\w+")
+_WORD_OR_CITATION = re.compile(r"\[\s*\d+(?:\s*,\s*\d+)*\s*\]|\w+")
 
 
 def words(sentence: str) -> tuple[str, ...]:
@@ -36,21 +46,38 @@ def words(sentence: str) -> tuple[str, ...]:
     return tuple(_WORD.findall(_CITATION.sub(" ", sentence).lower()))
 
 
+def loops(text: str) -> str | None:
+    """The phrase that the end of `text` repeats back to back (see the module's docstring),
+    or None."""
+    tokens = ["[n]" if t.startswith("[") else t for t in _WORD_OR_CITATION.findall(text.lower())]
+    for size in range(1, MAX_PHRASE + 1):
+        times = max(3, -(-LOOP_WORDS // size))  # ceil(LOOP_WORDS / size), at least 3
+        tail = tokens[-size * times :]
+        if len(tail) == size * times and tail == tail[:size] * times:
+            return " ".join(tail[:size])
+    return None
+
+
 class RepetitionGuard:
     """Iterates over the pieces of `stream` until the answer would repeat a sentence."""
 
     def __init__(self, stream: Iterable[str]) -> None:
         self._stream = stream
-        self.repeated: str | None = None  # the sentence that began again, when it did
+        self.repeated: str | None = None  # the sentence or phrase that came again, if one did
         self._said: set[tuple[str, ...]] = set()
         self._prefixes: set[tuple[str, ...]] = set()  # word prefixes of the sentences said
 
     def __iter__(self) -> Iterator[str]:
         pending = ""  # the sentence being written (text after the last sentence's end)
         held = ""  # the text not yet let through: empty, or ends with `pending`
+        text = ""  # the whole answer so far
         pieces = iter(self._stream)
         try:
             for piece in pieces:
+                text += piece
+                if phrase := loops(text):
+                    self.repeated = phrase
+                    return  # what is held (part of the loop) is dropped with this piece
                 pending += piece
                 held += piece
                 while found := _SENTENCE_END.search(pending):
