@@ -505,7 +505,7 @@ def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker
     model = load_reranker(reranker_path)
     assert load_reranker() is model  # loaded once per process
     head = fused[: rerank_depth()]
-    own = score_pairs([(query, passage_text(p)) for p in head], batch_size=7)
+    own = score_pairs([(query, passage_text(p)) for p in head])  # batched as retrieve does
     expected = sorted(zip(own, (p.chunk_id for p in head), strict=True), key=lambda t: -t[0])[:10]
     assert [p.chunk_id for p in reranked] == [c for _, c in expected]
     np.testing.assert_allclose(
@@ -514,11 +514,12 @@ def test_rerank_orders_by_the_cross_encoders_scores(corpus: Collection, reranker
     for rank, p in enumerate(reranked, 1):
         assert {"fused", "rerank"} <= set(p.scores) and {"dense", "lexical"} & set(p.scores)
         assert p.ranks["rerank"] == rank
-    # Batching does not change a score.
+    # Batching does not change a score, beyond bf16's rounding (OpenVINO on this CPU): a
+    # pair padded to another length sums its attention in another order.
     np.testing.assert_allclose(
         rerank_scores(query, fused, batch_size=3),
         rerank_scores(query, fused, batch_size=64),
-        rtol=1e-5,
+        atol=2e-3,
     )
 
 
