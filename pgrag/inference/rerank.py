@@ -39,7 +39,7 @@ FEATURES = ("input_ids", "attention_mask", "token_type_ids")
 
 # Passages reranked per search when PGRAG_RERANK_TOP_N is 0 (its default), by device: the
 # depth whose nDCG@10 gain is worth its latency there (docs/quality.md#rerank).
-DEFAULT_DEPTH = {"cpu": 20, "cuda": 50}
+DEFAULT_DEPTH = {"cpu": 10, "cuda": 50}
 
 
 def rerank_depth(device: str | None = None) -> int:
