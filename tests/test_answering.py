@@ -64,7 +64,10 @@ def test_answers_stream_in_order_cite_their_document_and_are_stored(kb: str) -> 
         assert row.citations == done.data["citations"]
         assert row.timings == done.data["timings"]
         assert row.passages == passages
-        assert row.options == {"k": 5, "rerank": False, "filters": [], "generator": "extractive"}
+        # Reranked by default whenever the reranker loads (its package installed).
+        reranked = packaged_path(DEFAULT_RERANK_MODEL) is not None
+        assert row.options == {"k": 5, "rerank": reranked, "filters": [], "generator": "extractive"}
+        assert all(("rerank" in p["scores"]) == reranked for p in passages)
         assert row.question_embedding is not None and len(row.question_embedding) == 384
         assert row.started_at is not None and row.finished_at is not None
 
