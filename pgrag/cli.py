@@ -670,7 +670,7 @@ def show_answer(query_id: str, timeout: float) -> None:
                 out.write(event.data["text"])
                 out.flush()
                 streamed = True
-            elif event.type == "status" and event.data.get("state") == "restarted":
+            elif event.type == "status" and event.data.get("state") in ("restarted", "stopped"):
                 click.echo(f"\n({event.data.get('reason')})", err=True)
             elif event.type == "error":
                 if streamed:

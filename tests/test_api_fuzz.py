@@ -29,6 +29,13 @@ SEED = 20261206  # the same requests on every run
 
 
 @pytest.fixture(scope="module")
+def admin(api: str) -> KeyClient:
+    """An admin key of this module's own: fuzzing spends its rate limits, not the shared
+    key's that later modules use."""
+    return KeyClient(api, ["admin"])
+
+
+@pytest.fixture(scope="module")
 def one_doc(admin: KeyClient) -> str:
     """A collection of one uploaded document, to ask about."""
     name = f"fuzz_{uuid.uuid4().hex[:8]}"

@@ -99,6 +99,7 @@ def test_load_beir_reads_the_folder_and_complains_clearly(tmp_path: Path) -> Non
 def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: str) -> None:
     from sentence_transformers import CrossEncoder
 
+    from pgrag.inference.rerank import rerank_depth
     from pgrag.inference.weights import resolve_model
     from pgrag.runtime.settings import get_settings
 
@@ -108,20 +109,28 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
     assert ranking.ingest_beir(data, collection_name).id == collection.id  # reused
     assert len(jobs.list_jobs(limit=1000)) == jobs_before
 
-    # A real cross-encoder with a random head (no trained one loads offline): it runs the
+    # A real cross-encoder with a random head (fast, and any folder loads): it runs the
     # rerank stage, its figures say nothing about rerank quality.
     reranker = tmp_path / "reranker"
     base = resolve_model("sentence-transformers/all-MiniLM-L6-v2")
     CrossEncoder(base, num_labels=1, device="cpu").save(str(reranker))
     os.environ["PGRAG_RERANK_MODEL"] = str(reranker)
     get_settings.cache_clear()
+    depth = rerank_depth()
+    at_depths = ["fused+rerank@5", f"fused+rerank@{depth}"]
     try:
-        results = ranking.evaluate(collection, data, chunks=100)
+        results = ranking.evaluate(collection, data, [*ranking.MODES, *at_depths], chunks=100)
     finally:
         del os.environ["PGRAG_RERANK_MODEL"]
         get_settings.cache_clear()
 
-    assert set(results) == {"dense", "lexical", "fused", "fused+rerank", "rrf"}
+    assert set(results) == {"dense", "lexical", "fused", "fused+rerank", "rrf", *at_depths}
+    # Reranking at the default depth by itself, or sharing scores with a shallower depth,
+    # ranks every query alike (the model's fp32 scores do not depend on their batch).
+    assert results[f"fused+rerank@{depth}"].runs == results["fused+rerank"].runs
+    for mode in ("fused+rerank", *at_depths):
+        assert len(results[mode].rerank_ms) == 30 and results[mode].rerank_p(50) is not None
+    assert results["fused"].rerank_ms == [] and results["fused"].rerank_p(50) is None
     for mode, result in results.items():
         assert result.metrics["queries"] == 30, mode
         assert (

