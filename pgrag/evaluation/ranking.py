@@ -276,7 +276,7 @@ def evaluate(
             ).passages
             if depth is not None:
                 t = time.perf_counter()
-                found = rerank_passages(data.queries[q], found, depth)
+                found, _ = rerank_passages(data.queries[q], found, depth)
                 rerank_ms.append((time.perf_counter() - t) * 1000)
             runs[q] = document_run(p.external_id for p in found)
             if progress:

@@ -313,7 +313,7 @@ def _generate(
     if guard.repeated:
         reason = "the answer began to repeat itself; generation was stopped there"
         stopped = {"state": "stopped", "reason": reason, "repeated": guard.repeated}
-        streaming.publish(key, "status", stopped)
+        stream.send("status", stopped)
     return "".join(pieces).strip()
 
 
