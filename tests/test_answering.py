@@ -66,7 +66,15 @@ def test_answers_stream_in_order_cite_their_document_and_are_stored(kb: str) -> 
         assert row.passages == passages
         # Reranked by default whenever the reranker loads (its package installed).
         reranked = packaged_path(DEFAULT_RERANK_MODEL) is not None
-        assert row.options == {"k": 5, "rerank": reranked, "filters": [], "generator": "extractive"}
+        # One question alone: embedded (and reranked) in calls of its own.
+        batches = {"embed": 1, "rerank": 1} if reranked else {"embed": 1}
+        assert row.options == {
+            "k": 5,
+            "rerank": reranked,
+            "filters": [],
+            "generator": "extractive",
+            "batches": batches,
+        }
         assert all(("rerank" in p["scores"]) == reranked for p in passages)
         assert row.question_embedding is not None and len(row.question_embedding) == 384
         assert row.started_at is not None and row.finished_at is not None
