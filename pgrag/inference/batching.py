@@ -1,7 +1,7 @@
 """Dynamic batching across threads: one model call for the inputs that arrive together.
 
 A query worker answers many questions at once, one thread each. Each thread hands its input
-(a question to embed, a question's passages to rerank) to the model's `Batcher` and waits;
+(a question to embed, the sentences of its extractive answer, its passages to rerank) to the model's `Batcher` and waits;
 whenever the model is free, the thread that finds it free runs one call over every input
 waiting then, up to `max_items`, and the others wake with their results. Under load the
 inputs that gather while one call runs go in the next, so the batch grows with the load and

@@ -14,6 +14,7 @@ of it that one, so that its vectors never mix two numerics.
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,9 +76,10 @@ class Embedder:
         self.max_seq_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         self.tokenizer: PreTrainedTokenizerFast = copy.deepcopy(model.tokenizer)
         self._lock = threading.Lock()
-        # Questions of many threads, embedded together (a query worker's questions in flight).
-        self.queries: Batcher[str, np.ndarray] = Batcher(
-            lambda texts: list(self.encode(texts)), get_settings().embed_max_batch
+        # The texts of many threads, embedded together: a query worker's questions in flight,
+        # and the sentences its extractive answers score (`Batcher`).
+        self.together: Batcher[Sequence[str], np.ndarray] = Batcher(
+            self._encode_lists, get_settings().embed_max_batch
         )
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
@@ -98,6 +100,12 @@ class Embedder:
             return_length=True,
         )
         return [int(n) for n in encoded["length"]]
+
+    def _encode_lists(self, lists: list[Sequence[str]]) -> list[np.ndarray]:
+        """`encode` of each list, computed in one call."""
+        vectors = self.encode([text for texts in lists for text in texts])
+        bounds = itertools.accumulate((len(texts) for texts in lists), initial=0)
+        return [vectors[a:b] for a, b in itertools.pairwise(bounds)]
 
     def encode(self, texts: Sequence[str], *, token_budget: int | None = None) -> np.ndarray:
         """Embeddings of `texts`: float32, shape (len(texts), dim), L2-normalised, one row

@@ -292,11 +292,12 @@ def _generate(
     from pgrag.inference.embedding import collection_embedder
 
     settings = get_settings()
+    embedder = collection_embedder(collection)
     request = Request(
         question,
         passages,
         deadline=time.monotonic() + settings.generate_timeout_s,
-        embed=collection_embedder(collection).encode,  # for extractive
+        embed=lambda texts: embedder.together(texts)[0],  # for extractive
         question_vector=vector,
     )
     tokens = streaming.TokenBuffer(lambda text: stream.send("token", {"text": text}))
