@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -86,6 +86,22 @@ def assert_exact(job_id: int, n: int) -> IngestJob:
     return done
 
 
+@contextlib.contextmanager
+def silent_llm(timeout_s: int) -> Iterator[dict[str, str]]:
+    """A query worker's settings for an LLM endpoint that accepts connections (the kernel
+    does) and never answers, with generation given `timeout_s`."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        yield {
+            **ENV,
+            "PGRAG_GENERATOR": "openai",
+            "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
+            "PGRAG_OPENAI_MODEL": "stand-in",
+            "PGRAG_GENERATE_TIMEOUT_S": str(timeout_s),
+        }
+
+
 def recoveries(job_id: int) -> set[str]:
     """Why the sweeper sent the job's work again: every reason in the recovery log."""
     return set(jobs.job_recoveries(job_id))
@@ -154,15 +170,7 @@ def test_killed_query_worker_hands_its_question_to_another(kb: str, own_broker: 
     another worker answers the question from the start, and the reader is told to drop the
     pieces it had."""
     home = Path(os.environ["PGRAG_HOME"])
-    with socket.socket() as silent:  # accepts connections (the kernel does) and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        stalled = {
-            **ENV,
-            "PGRAG_GENERATOR": "openai",
-            "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
-            "PGRAG_GENERATE_TIMEOUT_S": "600",
-        }
+    with silent_llm(timeout_s=600) as stalled:
         doomed = Worker(home, "query", "rec-query-doomed", stalled)
         question, document = QUESTIONS[0]
         query_id = answering.submit(question, kb)
@@ -297,16 +305,7 @@ def test_a_paused_worker_changes_nothing_once_its_lease_is_taken_over(
     lost (its request times out and it would record a failure) and writes nothing: not to
     the answer stream, not to the question's row, not to the ledger."""
     home = Path(os.environ["PGRAG_HOME"])
-    with socket.socket() as silent:  # accepts connections and never answers
-        silent.bind(("127.0.0.1", 0))
-        silent.listen(16)
-        stalled = {
-            **ENV,
-            "PGRAG_GENERATOR": "openai",
-            "PGRAG_OPENAI_BASE_URL": f"http://127.0.0.1:{silent.getsockname()[1]}/v1",
-            "PGRAG_OPENAI_MODEL": "stand-in",
-            "PGRAG_GENERATE_TIMEOUT_S": "20",
-        }
+    with silent_llm(timeout_s=20) as stalled:
         stale = Worker(home, "query", "fence-stale", stalled)
         try:
             query_id = answering.submit(QUESTIONS[0][0], kb)
