@@ -331,20 +331,25 @@ def own_broker(worker: Worker) -> Iterator[None]:
     from pgrag.runtime import services as svc
     from pgrag.runtime.settings import get_settings
 
-    deadline = time.monotonic() + 120  # work of an earlier test still in flight
-    while time.monotonic() < deadline:
-        with db.connect() as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pgrag.work WHERE state IN ('queued', 'running')"
-            ).fetchone()
-        if not (row and row[0]):
-            break
-        time.sleep(0.2)
     url = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
     redis.Redis.from_url(url).flushdb()
     os.environ["PGRAG_REDIS_URL"] = url
     get_settings.cache_clear()
     queue._client.cache_clear()
+    # Work an earlier test left in flight in this deployment (its database is reused after
+    # fifteen tests) would reach this test's workers: wait for it to end. Other
+    # deployments' work, the shared worker's included, is none of this test's business.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        with db.connect() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pgrag.work WHERE state IN ('queued', 'running')"
+                " AND broker = %s",
+                (queue.deployment(),),
+            ).fetchone()
+        if not (row and row[0]):
+            break
+        time.sleep(0.2)
     yield
     del os.environ["PGRAG_REDIS_URL"]
     get_settings.cache_clear()
