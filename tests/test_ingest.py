@@ -252,7 +252,7 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     job = pipeline.submit(corpus, collection_name)
 
     # Kill once one batch is loaded and the next embed task has just started.
-    received = re.compile(r"embed_documents\[([0-9a-f-]+)\] received")
+    received = re.compile(r"embed_documents\[([\w-]+)\] received")
     deadline = time.monotonic() + 120
     while jobs.get_job(job.id).chunks_done == 0 or len(received.findall(first.log.read_text())) < 2:
         assert time.monotonic() < deadline
