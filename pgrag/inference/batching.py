@@ -1,11 +1,12 @@
 """Dynamic batching across threads: one model call for the inputs that arrive together.
 
 A query worker answers many questions at once, one thread each. Each thread hands its input
-(a question to embed, the sentences of its extractive answer, its passages to rerank) to the model's `Batcher` and waits;
-whenever the model is free, the thread that finds it free runs one call over every input
-waiting then, up to `max_items`, and the others wake with their results. Under load the
-inputs that gather while one call runs go in the next, so the batch grows with the load and
-a single caller never waits for a batch to fill (as inference servers batch requests).
+(a question to embed, the sentences of its extractive answer, its passages to rerank) to
+the model's `Batcher` and waits; whenever the model is free, the thread of the oldest input
+waiting runs one call over every input waiting then, up to `max_items`, and the others wake
+with their results. Under load the inputs that gather while one call runs go in the next,
+so the batch grows with the load and a single caller never waits for a batch to fill (as
+inference servers batch requests).
 """
 
 from __future__ import annotations
