@@ -179,6 +179,17 @@ def _process_group(stat: Path) -> int | None:
         return None
 
 
+@pytest.fixture(autouse=True)
+def _settings_follow_the_environment() -> Iterator[None]:
+    """Settings are cached; a test that sets PGRAG_* (monkeypatch) must not leave settings read
+    from its environment to the tests after it. Autouse fixtures are set up first, so this
+    teardown runs after monkeypatch has put the environment back."""
+    yield
+    from pgrag.runtime.settings import get_settings
+
+    get_settings.cache_clear()
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """Embedded PostgreSQL + Redis under a fresh PGRAG_HOME, migrated to the latest schema."""
