@@ -8,6 +8,7 @@
 - `ResourceSampler`: polls the process trees of some workers for their peak RSS.
 - `CpuMeter`: CPU seconds spent by each of several process trees, by the whole machine and
   by the hypervisor (steal) over a phase, so a figure taken on a noisy machine can be judged.
+- `ServerProcess`: a small HTTP server (a simulated or a test LLM) in a process of its own.
 - `print_table()` and `write_json()`: every bench prints a table and writes its figures as JSON.
 
 The benches run from the repository root: `python bench/<name>.py`.
@@ -21,6 +22,7 @@ import os
 import platform
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +34,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -165,6 +168,37 @@ def postgres_settings() -> dict[str, str]:
             )
         )
     return found
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """`argv` (a server on loopback `port`) in a process group of its own, up once `GET url +
+    /models` answers; `url` is `http://127.0.0.1:<port>/v1`."""
+
+    def __init__(self, argv: Sequence[str], port: int, what: str, timeout_s: float) -> None:
+        self.port = port
+        self.base = f"http://127.0.0.1:{port}"
+        self.url = f"{self.base}/v1"
+        self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.proc.poll() is None, f"the {what} exited"
+            assert time.monotonic() < deadline, f"the {what} did not start"
+            try:
+                httpx.get(f"{self.url}/models", timeout=1)
+                return
+            except httpx.HTTPError:
+                time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
 
 
 class Worker:

@@ -18,12 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -33,7 +28,10 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ServerProcess, free_port
+
 MODEL = "simulated"
 
 
@@ -91,39 +89,21 @@ def create_app(ttft_s: float, tokens: int, pace_s: float) -> FastAPI:
     return app
 
 
-class SimulatedLLM:
+class SimulatedLLM(ServerProcess):
     """This server in a process of its own on a free loopback port; `url` ends in /v1."""
 
     def __init__(self, ttft_s: float = 0.5, tokens: int = 40, pace_s: float = 0.02) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        self.base = f"http://127.0.0.1:{port}"
-        self.url = f"{self.base}/v1"
+        port = free_port()
         self.answer_s = ttft_s + (tokens - 1) * pace_s
         argv = [sys.executable, __file__, "--port", str(port), "--ttft-s", str(ttft_s)]
         argv += ["--tokens", str(tokens), "--pace-s", str(pace_s)]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None, "the simulated LLM server exited"
-            assert time.monotonic() < deadline, "the simulated LLM server did not start"
-            try:
-                httpx.get(f"{self.url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        super().__init__(argv, port, "simulated LLM server", timeout_s=60)
 
     def stats(self) -> dict[str, int]:
         return dict(httpx.get(f"{self.base}/stats", timeout=5).json())
 
     def reset(self) -> None:
         httpx.post(f"{self.base}/stats/reset", timeout=5)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def main() -> None:

@@ -226,7 +226,7 @@ def api(worker: Worker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[st
     """`uvicorn pgrag.api.app:app` in a process of its own, with small limits to test; its URL.
     It may read server folders under examples/ only, and stores uploads in a folder of its
     own (`API_UPLOADS`)."""
-    from tests.openai_server import free_port
+    from bench.common import free_port
 
     port = free_port()
     folder = tmp_path_factory.mktemp("api")

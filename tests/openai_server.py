@@ -13,27 +13,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import httpx
 import uvicorn
 from fastapi import FastAPI, Header
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel
 
+from bench.common import ServerProcess, free_port
 from pgrag.query.generation.local import LocalGenerator
 
 MODEL = "smollm2-135m-instruct"
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class ChatRequest(BaseModel):
@@ -106,34 +100,14 @@ def create_app(api_key: str = "", stall_s: float = 600.0) -> FastAPI:
 # ---------------------------------------------------------------------------- for tests
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class OpenAIServer:
+class OpenAIServer(ServerProcess):
     """`tests/openai_server.py` in a process of its own, on a loopback port."""
 
     def __init__(self, port: int | None = None, *args: str) -> None:
-        self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        argv = [sys.executable, "-m", "tests.openai_server", "--port", str(self.port), *args]
-        self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + 300  # the model loads first
-        while True:
-            assert self.proc.poll() is None, "the OpenAI-compatible server exited"
-            assert time.monotonic() < deadline, "the OpenAI-compatible server did not start"
-            try:
-                httpx.get(f"{self.url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+        port = port or free_port()
+        argv = [sys.executable, "-m", "tests.openai_server", "--port", str(port), *args]
+        # The model loads first.
+        super().__init__(argv, port, "OpenAI-compatible server", timeout_s=300)
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
 from pgrag.client import Event, ask, follow
 from pgrag.inference.weights import packaged_path
 from pgrag.ingest import jobs
@@ -21,7 +22,7 @@ from pgrag.runtime import db
 from pgrag.runtime.settings import DEFAULT_RERANK_MODEL
 from pgrag.store.collections import create_collection
 from tests.conftest import ANSWERED, QUESTIONS, ROOT, Worker
-from tests.openai_server import OpenAIServer, free_port
+from tests.openai_server import OpenAIServer
 
 pytestmark = pytest.mark.slow
 

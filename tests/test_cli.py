@@ -14,12 +14,12 @@ from pathlib import Path
 import click
 from click.testing import CliRunner
 
+from bench.common import free_port
 from pgrag.cli import friendly_errors
 from pgrag.ingest import jobs, pipeline
 from pgrag.ingest.jobs import UnknownJob
 from pgrag.runtime.services import database_url
 from tests.conftest import KeyClient, Worker
-from tests.openai_server import free_port
 
 SERVICE_URLS = ("PGRAG_DATABASE_URL", "PGRAG_REDIS_URL")
 

@@ -13,10 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import free_port
 from pgrag.query.generation import GeneratorError, GeneratorTimeout, Request, get_generator
 from pgrag.query.generation.extractive import sentences
 from pgrag.query.generation.prompt import approx_tokens, build_prompt, trim_to_tokens
-from tests.openai_server import OpenAIServer, free_port
+from tests.openai_server import OpenAIServer
 
 
 @dataclass
