@@ -51,7 +51,7 @@ demo: install
 	@echo "Stop them with: make down"
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 lint: install
 	$(BIN)/ruff check pgrag workers api tests bench examples
