@@ -103,6 +103,7 @@ def test_a_killed_query_worker_hands_every_question_in_flight_to_another(
         finally:
             other.stop()
     finally:
+        doomed.stop()  # killed already, unless the test failed before
         server.stop()
     for events in followed:
         kinds = [(e.type, e.data.get("state")) for e in events]
