@@ -175,15 +175,17 @@ def ingest_beir(
     data: BeirData,
     collection: str,
     *,
+    model: str | None = None,
     timeout: float = 24 * 3600,
     progress: Callable[[IngestJob], None] | None = None,
 ) -> Collection:
     """The collection holding `data`'s corpus: reused when it already has documents, else
-    created and filled through the real pipeline (needs the ingest and embed workers).
-    `progress` is called with the job's state every poll (half a second)."""
+    created (embedded with `model`, default: the setting's) and filled through the real
+    pipeline (needs the ingest and embed workers). `progress` is called with the job's
+    state every poll (half a second)."""
     from pgrag.ingest import jobs, pipeline
     from pgrag.runtime import db
-    from pgrag.store.collections import get_collection
+    from pgrag.store.collections import create_collection, get_collection
 
     try:
         found = get_collection(collection)
@@ -196,12 +198,14 @@ def ingest_beir(
         if row and row[0] > 0:
             return found
     except LookupError:
-        pass
+        found = None
     if not data.corpus_path.is_file():
         raise FileNotFoundError(
             f"{data.corpus_path} is missing: it is needed to fill collection {collection!r}"
         )
-    job = pipeline.submit(data.corpus_path, collection, create=True)
+    if found is None:
+        create_collection(collection, model=model)
+    job = pipeline.submit(data.corpus_path, collection)
     deadline = time.monotonic() + timeout
     while not (state := jobs.get_job(job.id)).finished:
         if progress:
@@ -257,7 +261,7 @@ def evaluate(
     parsed = {mode: parse_mode(mode) for mode in modes}
     ids = list(data.queries)
     embedder = collection_embedder(collection)
-    vectors = embedder.encode([data.queries[q] for q in ids])
+    vectors = embedder.encode(embedder.queries([data.queries[q] for q in ids]))
     results: dict[str, ModeResult] = {}
     for mode, (search_mode, depth, fusion) in parsed.items():
         if AT_DEPTH.fullmatch(mode):
