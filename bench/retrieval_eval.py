@@ -97,6 +97,13 @@ def main() -> None:
         "--rerank-depths", default="", help="add fused+rerank@N rows, e.g. 10,20,50"
     )
     parser.add_argument("--sample", type=int, help="score this many judged queries (seed 0)")
+    parser.add_argument(
+        "--speed-docs",
+        type=int,
+        default=0,
+        help="also time embedding the chunks of the corpus's first N documents with the "
+        "collection's model and all-MiniLM-L6-v2, taking turns",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.rerank_model:
@@ -148,6 +155,7 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
             print(f"  {mode}: {done}/{len(data.queries)} queries", file=sys.stderr)
 
     scored = ranking.evaluate(collection, data, modes, chunks=args.chunks, progress=progress)
+    speed = embed_speed(collection, data.corpus_path, args.speed_docs) if args.speed_docs else {}
     from pgrag.query.fusion import Fusion
 
     return {
@@ -157,6 +165,7 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
         "fusion": str(Fusion.from_json(collection.fusion)),
         "ingest_s": ingest_s,
         "reranker_runtime": reranker.runtime if reranker else None,
+        "embed_chunks_per_s": speed,
         "skipped": skipped,
         "modes": {
             m: {
@@ -168,6 +177,45 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
             for m, r in scored.items()
         },
     }
+
+
+def embed_speed(collection: Any, corpus: Path, docs: int, turns: int = 4) -> dict[str, float]:
+    """Chunks per second of the collection's embedder and of all-MiniLM-L6-v2 (in the
+    collection's backend), on the texts the pipeline embeds for the first `docs` documents
+    of `corpus`: the two take turns over `turns` slices of them, so that other work on the
+    machine weighs on both alike."""
+    import json
+
+    from pgrag.inference.embedding import load_embedder
+    from pgrag.ingest.chunking import chunk_texts
+    from pgrag.ingest.loading import embed_inputs
+    from pgrag.runtime.settings import DEFAULT_EMBED_MODEL, get_settings
+
+    with corpus.open() as f:
+        rows = [json.loads(line) for line, _ in zip(f, range(docs), strict=False)]
+    names = dict.fromkeys([collection.model, DEFAULT_EMBED_MODEL])
+    device = get_settings().device
+    embedders = [load_embedder(n, device, backend=collection.embed_backend) for n in names]
+    chunked = chunk_texts(
+        [r["text"] for r in rows],
+        embedders[0].tokenizer,
+        chunk_size=collection.chunk_size,
+        overlap=collection.chunk_overlap,
+    )
+    texts = [
+        t
+        for r, chunks in zip(rows, chunked, strict=True)
+        for t in embed_inputs(collection, embedders[0], r.get("title"), chunks)
+    ]
+    seconds = dict.fromkeys(names, 0.0)
+    for e in embedders:
+        e.encode(texts[:8])  # first-call costs out of the timing
+    for k in range(turns):
+        for e in embedders:
+            started = time.perf_counter()
+            e.encode(texts[k::turns])
+            seconds[e.name] += time.perf_counter() - started
+    return {n: len(texts) / s for n, s in seconds.items()}
 
 
 def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, Any]) -> None:
@@ -201,6 +249,8 @@ def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, An
     if results["reranker_runtime"]:
         print(f"reranker: {get_settings().rerank_model} on {results['reranker_runtime']}")
     print(f"fused: {results['fusion']}; rrf: plain reciprocal rank fusion (before issue #11)")
+    for model, rate in results["embed_chunks_per_s"].items():
+        print(f"embedding: {model}, {rate:.1f} chunks/s ({results['embed_backend']})")
     if anchor_set:
         print(f"published: {results['embed_model']} on BEIR {anchor_set}")
     for mode, reason in results["skipped"].items():

@@ -126,7 +126,7 @@ def test_a_collection_created_with_bge_ingests_and_searches_end_to_end(
             (collection.id,),
         ).fetchone()
     np.testing.assert_allclose(
-        np.asarray(stored), bge.encode([embed_input(title, text)])[0], atol=1e-3
+        stored.to_numpy(), bge.encode([embed_input(title, text)])[0], atol=1e-3
     )
     np.testing.assert_allclose(
         embed_query(collection, QUESTION), bge.encode(bge.queries([QUESTION]))[0], atol=1e-5

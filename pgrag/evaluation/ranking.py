@@ -446,7 +446,8 @@ def write_synthetic_beir(
     folder: str | Path, *, docs: int = 2000, queries: int = 300, seed: int = 0
 ) -> Path:
     """Write a BEIR folder of generated staff profiles and product sheets, each query with
-    exactly one relevant document (relevance 1). Three kinds of query, in equal numbers:
+    exactly one relevant document (relevance 1). Three kinds of query, in equal numbers, all
+    judged in the split "test", and each kind alone in a split of its name:
 
     - name: "Which team does <first> <last> work in?": the name is the only thing that tells
       profiles apart, and surnames are built from shared syllables, so many look alike;
@@ -521,24 +522,25 @@ def write_synthetic_beir(
     if 2 * per_kind > len(people) or queries - 2 * per_kind > len(products):
         raise ValueError(f"{queries} queries need more documents than {docs}")
     picked = rng.sample(people, 2 * per_kind)
-    questions: list[tuple[str, str]] = []  # (text, relevant document id)
+    questions: list[tuple[str, str, str]] = []  # (kind, text, relevant document id)
     for doc_id, first, last, _ in picked[:per_kind]:
-        questions.append((f"Which team does {first} {last} work in?", doc_id))
+        questions.append(("name", f"Which team does {first} {last} work in?", doc_id))
     for doc_id, _, _, (role, city, hobby) in picked[per_kind:]:
-        questions.append(
-            (f"Who {ROLES[role][1]} in {CITIES[city][1]} and {HOBBIES[hobby][1]}?", doc_id)
-        )
+        text = f"Who {ROLES[role][1]} in {CITIES[city][1]} and {HOBBIES[hobby][1]}?"
+        questions.append(("paraphrase", text, doc_id))
     for doc_id, code in rng.sample(products, queries - 2 * per_kind):
-        questions.append((f"How heavy is the {code}?", doc_id))
+        questions.append(("code", f"How heavy is the {code}?", doc_id))
     rng.shuffle(questions)
-    query_rows = [{"_id": f"q{i:04}", "text": text} for i, (text, _) in enumerate(questions)]
-    qrels = [(f"q{i:04}", doc_id) for i, (_, doc_id) in enumerate(questions)]
+    query_rows = [{"_id": f"q{i:04}", "text": text} for i, (_, text, _) in enumerate(questions)]
+    qrels = [(kind, f"q{i:04}", doc_id) for i, (kind, _, doc_id) in enumerate(questions)]
 
     with (folder / "corpus.jsonl").open("w") as f:
         f.writelines(json.dumps(row) + "\n" for row in corpus)
     with (folder / "queries.jsonl").open("w") as f:
         f.writelines(json.dumps(row) + "\n" for row in query_rows)
-    with (folder / "qrels" / "test.tsv").open("w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        f.writelines(f"{q}\t{d}\t1\n" for q, d in qrels)
+    # Every query in the test split; each kind's alone in a split of its name.
+    for split in ("test", "name", "paraphrase", "code"):
+        with (folder / "qrels" / f"{split}.tsv").open("w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t1\n" for k, q, d in qrels if split in ("test", k))
     return folder
