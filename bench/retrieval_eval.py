@@ -1,4 +1,5 @@
-"""Retrieval quality: nDCG@10 and recall@100 of dense, lexical, fused, RRF and fused + rerank.
+"""Retrieval quality: nDCG@10 and recall@100 of dense, lexical, fused (and other fusions)
+and fused + rerank.
 
     python bench/retrieval_eval.py --beir PATH [--split test]       # any BEIR-format folder
     python bench/retrieval_eval.py --synthetic [--docs 2000 --queries 300 --seed 0]
@@ -10,7 +11,8 @@ collection. With `--collection NAME` the configured services are used instead (`
 first) and the collection is reused when it already holds documents.
 
 "fused" is the collection's fusion (pgrag's default unless `pgrag collections set-fusion`
-changed it), "rrf" plain reciprocal rank fusion, the default before issue #11. fused+rerank
+changed it), "zscore" equal-weight z-scores (the default from issue #11 to #20), "rrf" plain
+reciprocal rank fusion (the default before issue #11). fused+rerank
 reranks the fused top PGRAG_RERANK_TOP_N (the device's default depth unless set);
 `--rerank-depths 10,20,50` adds a row per depth (fused+rerank@10, ...), each with the p50 and
 p95 time of its rerank stage, to choose the default depth. Rerank needs a cross-encoder
@@ -90,7 +92,7 @@ def main() -> None:
     parser.add_argument(
         "--model", help="embedder of a collection created here (default: PGRAG_EMBED_MODEL)"
     )
-    parser.add_argument("--modes", default="dense,lexical,fused,rrf,fused+rerank")
+    parser.add_argument("--modes", default="dense,lexical,fused,zscore,rrf,fused+rerank")
     parser.add_argument("--chunks", type=int, default=200, help="chunks retrieved per query")
     parser.add_argument("--rerank-model", help="cross-encoder (sets PGRAG_RERANK_MODEL)")
     parser.add_argument(
@@ -248,7 +250,10 @@ def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, An
     )
     if results["reranker_runtime"]:
         print(f"reranker: {get_settings().rerank_model} on {results['reranker_runtime']}")
-    print(f"fused: {results['fusion']}; rrf: plain reciprocal rank fusion (before issue #11)")
+    print(
+        f"fused: {results['fusion']}; zscore: equal weights (before issue #20);"
+        " rrf: plain reciprocal rank fusion (before issue #11)"
+    )
     for model, rate in results["embed_chunks_per_s"].items():
         print(f"embedding: {model}, {rate:.1f} chunks/s ({results['embed_backend']})")
     if anchor_set:

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pgrag.query.fusion import DEFAULT, RRF_K, Fusion, fuse, zscores
+from pgrag.query.fusion import DEFAULT, RRF_K, Fusion, agreement, fuse, zscores
 
 
 @dataclass
@@ -123,3 +123,38 @@ def test_settings_are_checked_and_round_trip_as_json() -> None:
         Fusion(dense_weight=1.5)
     assert Fusion.from_json(None) == DEFAULT
     assert Fusion.from_json(Fusion("rrf", 0.3).to_json()) == Fusion("rrf", 0.3)
+
+
+def test_agreement_weighs_each_list_by_how_many_of_its_first_hits_the_other_found() -> None:
+    # Dense's first 10 include 4 chunks that BM25 also found; BM25's first 10, 8 that dense did.
+    dense = [(c, 0.9 - c / 100) for c in range(1, 21)]
+    lexical = [(c, 20.0 - c) for c in (1, 2, 3, 4, 5, 6, 7, 8, 50, 51)]
+    found = lists(dense, lexical)
+    assert agreement(found, "dense") == pytest.approx(0.8)  # 1-8 of its first 10
+    assert agreement(found, "lexical") == pytest.approx(0.8)
+    found = lists(dense, lexical[:4] + [(c, 1.0) for c in range(60, 66)])
+    assert agreement(found, "dense") == pytest.approx(0.4)
+    assert agreement(found, "lexical") == pytest.approx(0.4)
+    weights = Fusion("agreement").weights(lists(dense[:10], [(1, 9.0), (70, 8.0)]))
+    assert weights == pytest.approx({"dense": 0.1 / 0.6, "lexical": 0.5 / 0.6})
+
+
+def test_a_weak_side_whose_first_hits_the_other_never_found_does_not_outvote_it() -> None:
+    # BM25's first ten are look-alikes sharing a rare word with the query, one far ahead:
+    # dense found none of them. Dense's first hits are among BM25's later ones.
+    dense = [(c, 0.80 - c / 200) for c in range(1, 51)]
+    lexical = [(100, 40.0)] + [(c, 12.0 - c / 100) for c in range(101, 110)]
+    lexical += [(c, 6.0 - c / 10) for c in range(1, 6)]
+    weak = lists(dense, lexical)
+    # z-scores let the outlier win; agreement gives BM25 no say here, so dense's order stands.
+    assert ids(fuse(weak, Fusion("zscore")))[0] == 100
+    assert Fusion("agreement").weights(weak) == {"dense": 1.0, "lexical": 0.0}
+    assert ids(fuse(weak, Fusion("agreement")))[:10] == list(range(1, 11))
+
+
+def test_agreement_falls_back_to_the_set_weights_when_neither_list_confirms_the_other() -> None:
+    dense, lexical = [(1, 0.9), (2, 0.1)], [(3, 9.0), (4, 1.0)]
+    assert Fusion("agreement", 0.7).weights(lists(dense, lexical)) == pytest.approx(
+        {"dense": 0.7, "lexical": 0.3}
+    )
+    assert ids(fuse(lists(dense, []), Fusion("agreement"))) == [1, 2]

@@ -8,7 +8,8 @@ documents' external ids being the qrels' corpus ids); `evaluate` runs every judg
 each mode:
 
     dense, lexical, fused (the collection's fusion of both, `pgrag.query.fusion`), fused+rerank
-    (cross-encoder over the fused list), rrf (plain reciprocal rank fusion, for comparison)
+    (cross-encoder over the fused list), and for comparison rrf (plain reciprocal rank
+    fusion) and zscore (equal-weight z-scores, the default before issue #20)
 
 Chunks are retrieved, and a document ranks where its best chunk ranks. The metrics follow
 trec_eval, as pytrec_eval computes them for BEIR (`ndcg_cut.10`, `recall.100`):
@@ -52,6 +53,7 @@ MODES: dict[str, tuple[str, bool, Fusion | None]] = {
     "fused": ("hybrid", False, None),
     "fused+rerank": ("hybrid", True, None),
     "rrf": ("hybrid", False, Fusion("rrf")),  # plain RRF, pgrag's fusion before issue #11
+    "zscore": ("hybrid", False, Fusion("zscore")),  # equal-weight z-scores, issue #11 to #20
 }
 # "fused+rerank@20": the fused list with its top 20 reranked, whatever PGRAG_RERANK_TOP_N says.
 AT_DEPTH = re.compile(r"fused\+rerank@([1-9][0-9]*)")

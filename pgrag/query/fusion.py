@@ -31,12 +31,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
-METHODS = ("zscore", "rrf")
+METHODS = ("agreement", "zscore", "rrf")
 # The score of a chunk missing from a list that is shorter than asked for: BM25 scores only
 # the chunks that share a word with the query, all others 0. (A dense list is short only
 # when the collection has no more chunks.)
 ABSENT_SCORES = {"lexical": 0.0}
 RRF_K = 60  # the constant of Cormack et al.: 1 / (60 + rank)
+# "agreement": how many of a list's first hits are looked up in the other list (the depth
+# nDCG@10 judges).
+AGREEMENT_TOP = 10
 
 
 class Ranked(Protocol):
@@ -66,14 +69,28 @@ class Fusion:
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
-    def weights(self) -> dict[str, float]:
-        return {"dense": self.dense_weight, "lexical": 1.0 - self.dense_weight}
+    def weights(self, lists: Mapping[str, Sequence[Ranked]] | None = None) -> dict[str, float]:
+        """Each list's weight; for "agreement", those of the query's `lists`."""
+        weights = {"dense": self.dense_weight, "lexical": 1.0 - self.dense_weight}
+        if self.method != "agreement" or lists is None:
+            return weights
+        found = {stage: agreement(lists, stage) * weights.get(stage, 0.5) for stage in lists}
+        total = sum(found.values())
+        return {stage: v / total for stage, v in found.items()} if total > 0 else weights
 
     def __str__(self) -> str:
         return f"{self.method}, dense weight {self.dense_weight:g}"
 
 
 DEFAULT = Fusion()
+
+
+def agreement(lists: Mapping[str, Sequence[Ranked]], stage: str) -> float:
+    """The share of list `stage`'s first `AGREEMENT_TOP` hits that another list also found
+    (0 for an empty list)."""
+    top = [p.chunk_id for p in lists[stage][:AGREEMENT_TOP]]
+    others = {p.chunk_id for name, passages in lists.items() if name != stage for p in passages}
+    return sum(c in others for c in top) / len(top) if top else 0.0
 
 
 def zscores(scores: Sequence[float], absent: int = 0, absent_score: float = 0.0) -> list[float]:
@@ -93,7 +110,7 @@ def fused_scores(
     lists: Mapping[str, Sequence[Ranked]], fusion: Fusion, depth: int | None = None
 ) -> dict[int, float]:
     """Chunk id -> fused score, over every chunk of any list (see `fuse`)."""
-    weights = fusion.weights()
+    weights = fusion.weights(lists)
     chunks = {p.chunk_id for passages in lists.values() for p in passages}
     total = dict.fromkeys(chunks, 0.0)
     for stage, passages in lists.items():
