@@ -25,6 +25,9 @@ def lists(dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> d
     return {"dense": ranking("dense", dense), "lexical": ranking("lexical", lexical)}
 
 
+ZSCORE = Fusion("zscore")  # equal weights, the default of issues #11 to #20
+
+
 def ids(hits: list[Hit]) -> list[int]:
     return [h.chunk_id for h in hits]
 
@@ -68,12 +71,15 @@ def test_a_short_lexical_lists_winner_counts_the_chunks_it_does_not_hold_as_zero
     # slightly first); BM25 found only 4 chunks sharing a word, the exact code far ahead.
     dense = [(2, 0.88), (1, 0.84)] + [(c, 0.80 - c / 10000) for c in range(10, 58)]
     lexical = [(1, 12.0), (10, 2.0), (11, 2.0), (12, 2.0)]
-    assert ids(fuse(lists(dense, lexical), depth=50))[0] == 1
+    assert ids(fuse(lists(dense, lexical), ZSCORE, depth=50))[0] == 1
     # Without the depth, four z-scores cannot exceed sqrt(3), and the dense margin wins.
-    assert ids(fuse(lists(dense, lexical)))[0] == 2
-    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), depth=50)}
+    assert ids(fuse(lists(dense, lexical), ZSCORE))[0] == 2
+    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), ZSCORE, depth=50)}
     z_lexical = zscores([12.0, 2.0, 2.0, 2.0], absent=46)
     assert fused[2] == pytest.approx(0.5 * zscores([s for _, s in dense])[0] + 0.5 * z_lexical[-1])
+    # The default weighs BM25 more here (all of its hits are among dense's, 4 of dense's
+    # first 10 among BM25's): the exact code wins with or without the depth.
+    assert ids(fuse(lists(dense, lexical), depth=50))[0] == ids(fuse(lists(dense, lexical)))[0] == 1
 
 
 def test_ties_keep_the_order_of_first_appearance() -> None:
@@ -103,7 +109,7 @@ def test_rrf_at_equal_weights_is_the_classic_formula() -> None:
 def test_a_chunk_missing_from_a_list_gets_that_lists_lowest_z_score() -> None:
     dense = [(1, 0.9), (2, 0.5), (3, 0.1)]
     lexical = [(1, 10.0), (4, 2.0)]
-    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical))}
+    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), ZSCORE)}
     z_dense = dict(zip([1, 2, 3], zscores([0.9, 0.5, 0.1]), strict=True))
     z_lexical = dict(zip([1, 4], zscores([10.0, 2.0]), strict=True))
     assert fused[3] == pytest.approx(0.5 * z_dense[3] + 0.5 * min(z_lexical.values()))
@@ -147,7 +153,7 @@ def test_a_weak_side_whose_first_hits_the_other_never_found_does_not_outvote_it(
     lexical += [(c, 6.0 - c / 10) for c in range(1, 6)]
     weak = lists(dense, lexical)
     # z-scores let the outlier win; agreement gives BM25 no say here, so dense's order stands.
-    assert ids(fuse(weak, Fusion("zscore")))[0] == 100
+    assert ids(fuse(weak, ZSCORE))[0] == 100
     assert Fusion("agreement").weights(weak) == {"dense": 1.0, "lexical": 0.0}
     assert ids(fuse(weak, Fusion("agreement")))[:10] == list(range(1, 11))
 
