@@ -128,7 +128,15 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
         del os.environ["PGRAG_RERANK_MODEL"]
         get_settings.cache_clear()
 
-    assert set(results) == {"dense", "lexical", "fused", "fused+rerank", "rrf", *at_depths}
+    assert set(results) == {
+        "dense",
+        "lexical",
+        "fused",
+        "fused+rerank",
+        "rrf",
+        "zscore",
+        *at_depths,
+    }
     # Reranking at the default depth by itself, or sharing scores with a shallower depth,
     # ranks every query alike (the model's fp32 scores do not depend on their batch).
     assert results[f"fused+rerank@{depth}"].runs == results["fused+rerank"].runs
