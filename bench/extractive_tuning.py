@@ -107,7 +107,7 @@ def main() -> None:
     scored: dict[str, list[dict[str, float]]] = {"answer": [], "short_answer": []}
     for q in questions:
         question = data.queries[q]
-        vector = embed([question])[0]
+        vector = embed(embedder.queries([question]))[0]
         given = [paragraphs[i] for i in np.argsort(-(documents @ vector))[: args.k]]
         request = Request(question, given, time.monotonic() + 60, embed, vector)
         answer = "".join(generator.stream(request))

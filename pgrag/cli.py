@@ -341,10 +341,12 @@ def collections_drop(name: str) -> None:
 @click.argument("name")
 @click.option(
     "--method",
-    type=click.Choice(["zscore", "rrf"]),
-    default="zscore",
+    type=click.Choice(["agreement", "zscore", "rrf"]),
+    default="agreement",
     show_default=True,
-    help="zscore: weighted sum of each ranking's per-query z-scores; rrf: reciprocal rank fusion.",
+    help="zscore: weighted sum of each ranking's per-query z-scores; agreement: the same, each "
+    "weight scaled per query by the share of the ranking's first 10 hits that the other also "
+    "found; rrf: reciprocal rank fusion.",
 )
 @click.option(
     "--dense-weight",

@@ -82,6 +82,10 @@ def test_load_beir_reads_the_folder_and_complains_clearly(tmp_path: Path) -> Non
     # Deterministic for a seed.
     again = load_beir(write_synthetic_beir(tmp_path / "t", docs=30, queries=9, seed=3))
     assert again.queries == data.queries and again.qrels == data.qrels
+    # Each kind of query alone in a split of its name: together, the test split.
+    kinds = [load_beir(folder, kind).qrels for kind in ("name", "paraphrase", "code")]
+    assert [len(k) for k in kinds] == [3, 3, 3]
+    assert {q: d for k in kinds for q, d in k.items()} == data.qrels
 
     (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nnope\tx\t1\n")
     with pytest.raises(ValueError, match=r"not in queries\.jsonl"):
@@ -124,7 +128,15 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
         del os.environ["PGRAG_RERANK_MODEL"]
         get_settings.cache_clear()
 
-    assert set(results) == {"dense", "lexical", "fused", "fused+rerank", "rrf", *at_depths}
+    assert set(results) == {
+        "dense",
+        "lexical",
+        "fused",
+        "fused+rerank",
+        "rrf",
+        "zscore",
+        *at_depths,
+    }
     # Reranking at the default depth by itself, or sharing scores with a shallower depth,
     # ranks every query alike (the model's fp32 scores do not depend on their batch).
     assert results[f"fused+rerank@{depth}"].runs == results["fused+rerank"].runs

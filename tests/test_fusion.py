@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from pgrag.query.fusion import DEFAULT, RRF_K, Fusion, fuse, zscores
+from pgrag.query.fusion import DEFAULT, RRF_K, Fusion, agreement, fuse, zscores
 
 
 @dataclass
@@ -23,6 +23,9 @@ def ranking(stage: str, scored: list[tuple[int, float]]) -> list[Hit]:
 
 def lists(dense: list[tuple[int, float]], lexical: list[tuple[int, float]]) -> dict[str, list[Hit]]:
     return {"dense": ranking("dense", dense), "lexical": ranking("lexical", lexical)}
+
+
+ZSCORE = Fusion("zscore")  # equal weights, the default of issues #11 to #20
 
 
 def ids(hits: list[Hit]) -> list[int]:
@@ -68,12 +71,15 @@ def test_a_short_lexical_lists_winner_counts_the_chunks_it_does_not_hold_as_zero
     # slightly first); BM25 found only 4 chunks sharing a word, the exact code far ahead.
     dense = [(2, 0.88), (1, 0.84)] + [(c, 0.80 - c / 10000) for c in range(10, 58)]
     lexical = [(1, 12.0), (10, 2.0), (11, 2.0), (12, 2.0)]
-    assert ids(fuse(lists(dense, lexical), depth=50))[0] == 1
+    assert ids(fuse(lists(dense, lexical), ZSCORE, depth=50))[0] == 1
     # Without the depth, four z-scores cannot exceed sqrt(3), and the dense margin wins.
-    assert ids(fuse(lists(dense, lexical)))[0] == 2
-    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), depth=50)}
+    assert ids(fuse(lists(dense, lexical), ZSCORE))[0] == 2
+    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), ZSCORE, depth=50)}
     z_lexical = zscores([12.0, 2.0, 2.0, 2.0], absent=46)
     assert fused[2] == pytest.approx(0.5 * zscores([s for _, s in dense])[0] + 0.5 * z_lexical[-1])
+    # The default weighs BM25 more here (all of its hits are among dense's, 4 of dense's
+    # first 10 among BM25's): the exact code wins with or without the depth.
+    assert ids(fuse(lists(dense, lexical), depth=50))[0] == ids(fuse(lists(dense, lexical)))[0] == 1
 
 
 def test_ties_keep_the_order_of_first_appearance() -> None:
@@ -103,7 +109,7 @@ def test_rrf_at_equal_weights_is_the_classic_formula() -> None:
 def test_a_chunk_missing_from_a_list_gets_that_lists_lowest_z_score() -> None:
     dense = [(1, 0.9), (2, 0.5), (3, 0.1)]
     lexical = [(1, 10.0), (4, 2.0)]
-    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical))}
+    fused = {h.chunk_id: h.scores["fused"] for h in fuse(lists(dense, lexical), ZSCORE)}
     z_dense = dict(zip([1, 2, 3], zscores([0.9, 0.5, 0.1]), strict=True))
     z_lexical = dict(zip([1, 4], zscores([10.0, 2.0]), strict=True))
     assert fused[3] == pytest.approx(0.5 * z_dense[3] + 0.5 * min(z_lexical.values()))
@@ -123,3 +129,38 @@ def test_settings_are_checked_and_round_trip_as_json() -> None:
         Fusion(dense_weight=1.5)
     assert Fusion.from_json(None) == DEFAULT
     assert Fusion.from_json(Fusion("rrf", 0.3).to_json()) == Fusion("rrf", 0.3)
+
+
+def test_agreement_weighs_each_list_by_how_many_of_its_first_hits_the_other_found() -> None:
+    # Dense's first 10 include 4 chunks that BM25 also found; BM25's first 10, 8 that dense did.
+    dense = [(c, 0.9 - c / 100) for c in range(1, 21)]
+    lexical = [(c, 20.0 - c) for c in (1, 2, 3, 4, 5, 6, 7, 8, 50, 51)]
+    found = lists(dense, lexical)
+    assert agreement(found, "dense") == pytest.approx(0.8)  # 1-8 of its first 10
+    assert agreement(found, "lexical") == pytest.approx(0.8)
+    found = lists(dense, lexical[:4] + [(c, 1.0) for c in range(60, 66)])
+    assert agreement(found, "dense") == pytest.approx(0.4)
+    assert agreement(found, "lexical") == pytest.approx(0.4)
+    weights = Fusion("agreement").weights(lists(dense[:10], [(1, 9.0), (70, 8.0)]))
+    assert weights == pytest.approx({"dense": 0.1 / 0.6, "lexical": 0.5 / 0.6})
+
+
+def test_a_weak_side_whose_first_hits_the_other_never_found_does_not_outvote_it() -> None:
+    # BM25's first ten are look-alikes sharing a rare word with the query, one far ahead:
+    # dense found none of them. Dense's first hits are among BM25's later ones.
+    dense = [(c, 0.80 - c / 200) for c in range(1, 51)]
+    lexical = [(100, 40.0)] + [(c, 12.0 - c / 100) for c in range(101, 110)]
+    lexical += [(c, 6.0 - c / 10) for c in range(1, 6)]
+    weak = lists(dense, lexical)
+    # z-scores let the outlier win; agreement gives BM25 no say here, so dense's order stands.
+    assert ids(fuse(weak, ZSCORE))[0] == 100
+    assert Fusion("agreement").weights(weak) == {"dense": 1.0, "lexical": 0.0}
+    assert ids(fuse(weak, Fusion("agreement")))[:10] == list(range(1, 11))
+
+
+def test_agreement_falls_back_to_the_set_weights_when_neither_list_confirms_the_other() -> None:
+    dense, lexical = [(1, 0.9), (2, 0.1)], [(3, 9.0), (4, 1.0)]
+    assert Fusion("agreement", 0.7).weights(lists(dense, lexical)) == pytest.approx(
+        {"dense": 0.7, "lexical": 0.3}
+    )
+    assert ids(fuse(lists(dense, []), Fusion("agreement"))) == [1, 2]

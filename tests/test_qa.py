@@ -78,13 +78,14 @@ def test_a_collections_fusion_setting_is_what_its_hybrid_searches_use(mini: str)
 
 def test_cli_sets_and_shows_a_collections_fusion(mini: str) -> None:
     cli = CliRunner()
-    run = cli.invoke(main, ["collections", "set-fusion", mini, "--dense-weight", "0.7"])
+    set_zscore = ["collections", "set-fusion", mini, "--method", "zscore", "--dense-weight", "0.7"]
+    run = cli.invoke(main, set_zscore)
     assert run.exit_code == 0, run.output
     assert "zscore, dense weight 0.7" in run.output
     listed = cli.invoke(main, ["collections"]).output
     assert "fusion: zscore, dense weight 0.7" in listed
     run = cli.invoke(main, ["collections", "set-fusion", mini, "--default"])
-    assert run.exit_code == 0 and "zscore, dense weight 0.5" in run.output
+    assert run.exit_code == 0 and "agreement, dense weight 0.5" in run.output
     assert get_collection(mini).fusion is None
     bad = cli.invoke(main, ["collections", "set-fusion", mini, "--dense-weight", "2"])
     assert bad.exit_code != 0 and "dense-weight" in bad.output

@@ -25,7 +25,7 @@ class SearchRequest(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"] = Field(
         "hybrid",
         description="dense: HNSW; lexical: BM25; hybrid: both fused (the collection's fusion,"
-        " z-scores by default)",
+        " z-scores weighted by the lists' agreement by default)",
     )
     filters: list[Text] = Field(
         default_factory=list,

@@ -8,7 +8,8 @@ documents' external ids being the qrels' corpus ids); `evaluate` runs every judg
 each mode:
 
     dense, lexical, fused (the collection's fusion of both, `pgrag.query.fusion`), fused+rerank
-    (cross-encoder over the fused list), rrf (plain reciprocal rank fusion, for comparison)
+    (cross-encoder over the fused list), and for comparison rrf (plain reciprocal rank
+    fusion) and zscore (equal-weight z-scores, the default before issue #20)
 
 Chunks are retrieved, and a document ranks where its best chunk ranks. The metrics follow
 trec_eval, as pytrec_eval computes them for BEIR (`ndcg_cut.10`, `recall.100`):
@@ -52,6 +53,7 @@ MODES: dict[str, tuple[str, bool, Fusion | None]] = {
     "fused": ("hybrid", False, None),
     "fused+rerank": ("hybrid", True, None),
     "rrf": ("hybrid", False, Fusion("rrf")),  # plain RRF, pgrag's fusion before issue #11
+    "zscore": ("hybrid", False, Fusion("zscore")),  # equal-weight z-scores, issue #11 to #20
 }
 # "fused+rerank@20": the fused list with its top 20 reranked, whatever PGRAG_RERANK_TOP_N says.
 AT_DEPTH = re.compile(r"fused\+rerank@([1-9][0-9]*)")
@@ -175,15 +177,17 @@ def ingest_beir(
     data: BeirData,
     collection: str,
     *,
+    model: str | None = None,
     timeout: float = 24 * 3600,
     progress: Callable[[IngestJob], None] | None = None,
 ) -> Collection:
     """The collection holding `data`'s corpus: reused when it already has documents, else
-    created and filled through the real pipeline (needs the ingest and embed workers).
-    `progress` is called with the job's state every poll (half a second)."""
+    created (embedded with `model`, default: the setting's) and filled through the real
+    pipeline (needs the ingest and embed workers). `progress` is called with the job's
+    state every poll (half a second)."""
     from pgrag.ingest import jobs, pipeline
     from pgrag.runtime import db
-    from pgrag.store.collections import get_collection
+    from pgrag.store.collections import create_collection, get_collection
 
     try:
         found = get_collection(collection)
@@ -196,12 +200,14 @@ def ingest_beir(
         if row and row[0] > 0:
             return found
     except LookupError:
-        pass
+        found = None
     if not data.corpus_path.is_file():
         raise FileNotFoundError(
             f"{data.corpus_path} is missing: it is needed to fill collection {collection!r}"
         )
-    job = pipeline.submit(data.corpus_path, collection, create=True)
+    if found is None:
+        create_collection(collection, model=model)
+    job = pipeline.submit(data.corpus_path, collection)
     deadline = time.monotonic() + timeout
     while not (state := jobs.get_job(job.id)).finished:
         if progress:
@@ -257,7 +263,7 @@ def evaluate(
     parsed = {mode: parse_mode(mode) for mode in modes}
     ids = list(data.queries)
     embedder = collection_embedder(collection)
-    vectors = embedder.encode([data.queries[q] for q in ids])
+    vectors = embedder.encode(embedder.queries([data.queries[q] for q in ids]))
     results: dict[str, ModeResult] = {}
     for mode, (search_mode, depth, fusion) in parsed.items():
         if AT_DEPTH.fullmatch(mode):
@@ -442,7 +448,8 @@ def write_synthetic_beir(
     folder: str | Path, *, docs: int = 2000, queries: int = 300, seed: int = 0
 ) -> Path:
     """Write a BEIR folder of generated staff profiles and product sheets, each query with
-    exactly one relevant document (relevance 1). Three kinds of query, in equal numbers:
+    exactly one relevant document (relevance 1). Three kinds of query, in equal numbers, all
+    judged in the split "test", and each kind alone in a split of its name:
 
     - name: "Which team does <first> <last> work in?": the name is the only thing that tells
       profiles apart, and surnames are built from shared syllables, so many look alike;
@@ -517,24 +524,25 @@ def write_synthetic_beir(
     if 2 * per_kind > len(people) or queries - 2 * per_kind > len(products):
         raise ValueError(f"{queries} queries need more documents than {docs}")
     picked = rng.sample(people, 2 * per_kind)
-    questions: list[tuple[str, str]] = []  # (text, relevant document id)
+    questions: list[tuple[str, str, str]] = []  # (kind, text, relevant document id)
     for doc_id, first, last, _ in picked[:per_kind]:
-        questions.append((f"Which team does {first} {last} work in?", doc_id))
+        questions.append(("name", f"Which team does {first} {last} work in?", doc_id))
     for doc_id, _, _, (role, city, hobby) in picked[per_kind:]:
-        questions.append(
-            (f"Who {ROLES[role][1]} in {CITIES[city][1]} and {HOBBIES[hobby][1]}?", doc_id)
-        )
+        text = f"Who {ROLES[role][1]} in {CITIES[city][1]} and {HOBBIES[hobby][1]}?"
+        questions.append(("paraphrase", text, doc_id))
     for doc_id, code in rng.sample(products, queries - 2 * per_kind):
-        questions.append((f"How heavy is the {code}?", doc_id))
+        questions.append(("code", f"How heavy is the {code}?", doc_id))
     rng.shuffle(questions)
-    query_rows = [{"_id": f"q{i:04}", "text": text} for i, (text, _) in enumerate(questions)]
-    qrels = [(f"q{i:04}", doc_id) for i, (_, doc_id) in enumerate(questions)]
+    query_rows = [{"_id": f"q{i:04}", "text": text} for i, (_, text, _) in enumerate(questions)]
+    qrels = [(kind, f"q{i:04}", doc_id) for i, (kind, _, doc_id) in enumerate(questions)]
 
     with (folder / "corpus.jsonl").open("w") as f:
         f.writelines(json.dumps(row) + "\n" for row in corpus)
     with (folder / "queries.jsonl").open("w") as f:
         f.writelines(json.dumps(row) + "\n" for row in query_rows)
-    with (folder / "qrels" / "test.tsv").open("w") as f:
-        f.write("query-id\tcorpus-id\tscore\n")
-        f.writelines(f"{q}\t{d}\t1\n" for q, d in qrels)
+    # Every query in the test split; each kind's alone in a split of its name.
+    for split in ("test", "name", "paraphrase", "code"):
+        with (folder / "qrels" / f"{split}.tsv").open("w") as f:
+            f.write("query-id\tcorpus-id\tscore\n")
+            f.writelines(f"{q}\t{d}\t1\n" for k, q, d in qrels if split in ("test", k))
     return folder

@@ -9,6 +9,12 @@ The forward pass runs in the embedder's backend (`pgrag.inference.weights.pick_b
 torch, in fp16 on CUDA, or OpenVINO on a CPU (`pgrag.inference.openvino`). A collection
 records the backend of its vectors, and `collection_embedder` gives every ingest and query
 of it that one, so that its vectors never mix two numerics.
+
+A model that expects an instruction before queries (BGE's "Represent this sentence for
+searching relevant passages: ") gets it from `Embedder.queries`, which every query goes
+through; documents are embedded as they are. A packaged int8 ONNX embedder runs as its
+de-quantized sentence-transformers copy (`pgrag.inference.onnx_torch.embedder_copy`), in
+whichever backend, as any other model.
 """
 
 from __future__ import annotations
@@ -28,7 +34,8 @@ from sentence_transformers import SentenceTransformer
 from transformers import PreTrainedTokenizerFast
 
 from pgrag.inference.batching import Batcher
-from pgrag.inference.weights import pick_backend, pick_device, resolve_model
+from pgrag.inference.cross_encoders import is_onnx_model
+from pgrag.inference.weights import QUERY_PROMPTS, pick_backend, pick_device, resolve_model
 from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 from pgrag.store.schema import Collection
@@ -75,12 +82,19 @@ class Embedder:
         self.dim = int(model.get_embedding_dimension() or 0)
         self.max_seq_length = int(model.max_seq_length or model.tokenizer.model_max_length)
         self.tokenizer: PreTrainedTokenizerFast = copy.deepcopy(model.tokenizer)
+        # Put before every query, never before a document: the model's own "query" prompt,
+        # else the one pgrag knows its hub id to expect.
+        self.query_prompt: str = model.prompts.get("query") or QUERY_PROMPTS.get(name, "")
         self._lock = threading.Lock()
         # The texts of many threads, embedded together: a query worker's questions in flight,
         # and the sentences its extractive answers score (`Batcher`).
         self.together: Batcher[Sequence[str], np.ndarray] = Batcher(
             self._encode_lists, get_settings().embed_max_batch
         )
+
+    def queries(self, texts: Sequence[str]) -> list[str]:
+        """`texts` as queries are embedded: after the model's query prompt, if it has one."""
+        return [self.query_prompt + text for text in texts]
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Tokens of each text as the model sees it: special tokens included, capped at
@@ -201,7 +215,12 @@ def collection_embedder(collection: Collection) -> Embedder:
 
 @cache
 def _load_embedder(name: str, device: str, backend: str) -> Embedder:
-    model, backend = _load_model(resolve_model(name), device, backend)
+    path = resolve_model(name)
+    if is_onnx_model(path):  # a packaged int8 ONNX embedder: its de-quantized copy
+        from pgrag.inference.onnx_torch import embedder_copy
+
+        path = embedder_copy(name, path)
+    model, backend = _load_model(path, device, backend)
     return Embedder(name, model, "cpu" if backend.startswith("openvino") else device, backend)
 
 

