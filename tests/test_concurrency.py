@@ -43,8 +43,8 @@ def test_a_query_worker_answers_as_many_questions_at_once_as_its_limit(
     """Concurrency 8, answers of about 2 s, 16 questions asked from 16 threads at once
     through the client, without rerank (its cost on a CPU is the bench's business): the
     server sees exactly 8 requests at a time (the limit holds, the rest wait in the broker),
-    and all 16 are answered in about two answer times, not sixteen. The questions in flight
-    were embedded together."""
+    and all 16 are answered. The questions in flight were embedded together. (Throughput is
+    bench/query_load.py's business, not a test's.)"""
     server = SimulatedLLM(ttft_s=1.0, tokens=20, pace_s=0.05)
     home = Path(os.environ["PGRAG_HOME"])
     worker = Worker(home, "query", "conc-8", openai_env(server), concurrency=8)
@@ -53,11 +53,9 @@ def test_a_query_worker_answers_as_many_questions_at_once_as_its_limit(
         (node,) = [n for n in registry.live(60) if n.name.startswith("conc-8@")]
         assert (node.state, node.pool, node.concurrency) == ("ready", "threads", 8)
         assert node.models and "embedder" in node.models
-        started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
             asked = pool.map(lambda q: list(client.ask(q, kb, rerank=False)), questions(16))
             answers = list(asked)
-        took = time.monotonic() - started
         stats = server.stats()
     finally:
         worker.stop()
@@ -65,7 +63,6 @@ def test_a_query_worker_answers_as_many_questions_at_once_as_its_limit(
     assert [events[-1].type for events in answers] == ["done"] * 16
     assert all(e.data["answer"].startswith("Answer w1") for *_, e in answers)
     assert (stats["peak"], stats["served"]) == (8, 16)
-    assert took < 6 * server.answer_s, f"{took:.1f} s for 16 answers of {server.answer_s} s"
     ids = [events[0].data["id"] for events in answers]
     with db.connect() as conn:
         batches = [

@@ -168,29 +168,29 @@ def test_broker_wiped_mid_job_ends_done_and_exact(
 def test_killed_query_worker_hands_its_question_to_another(kb: str, own_broker: None) -> None:
     """A query worker SIGKILLed while it answers (its LLM endpoint accepts and never replies):
     another worker answers the question from the start, and the reader is told to drop the
-    pieces it had."""
+    pieces it had. (How long that takes is bench/recovery.py's business, not a test's.)"""
     home = Path(os.environ["PGRAG_HOME"])
     with silent_llm(timeout_s=600) as stalled:
         doomed = Worker(home, "query", "rec-query-doomed", stalled)
-        question, document = QUESTIONS[0]
-        query_id = answering.submit(question, kb)
-        events = follow(query_id)
-        seen = [next(events)]
-        while not (seen[-1].type == "status" and seen[-1].data.get("state") == "generating"):
-            seen.append(next(events))
-        doomed.kill()
-        killed = time.monotonic()
+        try:
+            question, document = QUESTIONS[0]
+            query_id = answering.submit(question, kb)
+            events = follow(query_id)
+            seen = [next(events)]
+            while not (seen[-1].type == "status" and seen[-1].data.get("state") == "generating"):
+                seen.append(next(events))
+            doomed.kill()
+        finally:
+            doomed.stop()  # killed already, unless the test failed before
         other = Worker(home, "query", "rec-query-other", {**ENV, "PGRAG_GENERATOR": "extractive"})
         try:
             seen.extend(events)
         finally:
             other.stop()
-    took = time.monotonic() - killed
     kinds = [e.type for e in seen]
     assert kinds[-1] == "done", kinds
     assert any(e.type == "status" and e.data.get("state") == "restarted" for e in seen)
     assert seen[-1].data["citations"][0]["external_id"] == document
-    assert took < 60, f"{took:.0f} s from the kill to the answer"
 
 
 def test_ingest_worker_killed_mid_index_build(
