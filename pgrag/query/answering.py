@@ -231,6 +231,11 @@ def _answer(
     timings["generate"] = _ms(t)
 
     citations = cite(text, passages)
+    if found and all(c.get("inferred") for c in citations):
+        # The model wrote no [n] (small ones often cannot): readers are told so.
+        traced = "were traced back from its words" if citations else "could not be traced"
+        reason = f"the answer cites no passage by its number [n]; its sources {traced}"
+        stream.send("status", {"state": "uncited", "reason": reason})
     short = concise(question, text) if found else None
     timings["total"] = _ms(started)
     timings = {s: timings[s] for s in TIMINGS if s in timings}
