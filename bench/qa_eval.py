@@ -49,7 +49,15 @@ from typing import Any, NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Home, Worker, default_out, print_table, services, write_json
+from bench.common import (
+    Home,
+    Worker,
+    default_out,
+    exit_on_sigterm,
+    print_table,
+    services,
+    write_json,
+)
 from bench.retrieval_eval import ingest_progress
 
 FORMS = ("answer", "short_answer")  # the sentence answer and the short answer
@@ -228,6 +236,8 @@ def main() -> None:
     collection = args.collection or f"qa-{args.folder.resolve().name}"
 
     results: dict[str, Any] = {}
+    interrupted = False
+    exit_on_sigterm()
     with services(bool(args.collection), ["ingest", "embed"]) as home:
         started = time.perf_counter()
         ranking.ingest_beir(data, collection, progress=ingest_progress)
@@ -240,24 +250,33 @@ def main() -> None:
             with query_worker(home, run.model):
                 ask_one(data.queries[sample[0]], collection, run.generator, rerank)  # untimed
                 count_tokens = token_counter(run.model)
-                records = []
-                for i, q in enumerate(sample, 1):
-                    result = ask_one(data.queries[q], collection, run.generator, rerank)
-                    relevant = {d for d, r in data.qrels[q].items() if r > 0}
-                    result["scores"] = (
-                        score(result, golds[q], relevant) if "answer" in result else {}
-                    )
-                    result["runaway"] = runaway(result, count_tokens)
-                    records.append(
-                        {"id": q, "question": data.queries[q], "golds": golds[q], **result}
-                    )
-                    if i % 20 == 0 or i == len(sample):
-                        print(f"  {run.label}: {i}/{len(sample)} questions", file=sys.stderr)
-            results[run.label] = {
-                "model": run.model,
-                "summary": {form: summary(records, form) for form in FORMS},
-                "records": records,
-            }
+                records: list[dict[str, Any]] = []
+                try:
+                    for i, q in enumerate(sample, 1):
+                        result = ask_one(data.queries[q], collection, run.generator, rerank)
+                        relevant = {d for d, r in data.qrels[q].items() if r > 0}
+                        result["scores"] = (
+                            score(result, golds[q], relevant) if "answer" in result else {}
+                        )
+                        result["runaway"] = runaway(result, count_tokens)
+                        records.append(
+                            {"id": q, "question": data.queries[q], "golds": golds[q], **result}
+                        )
+                        if i % 20 == 0 or i == len(sample):
+                            print(f"  {run.label}: {i}/{len(sample)}", file=sys.stderr)
+                except (KeyboardInterrupt, SystemExit):
+                    # Stopped (Ctrl-C, SIGTERM): the questions answered so far are reported,
+                    # as the first len(records) of the sample.
+                    print(f"  {run.label}: stopped after {len(records)}", file=sys.stderr)
+                    interrupted = True
+            if records:
+                results[run.label] = {
+                    "model": run.model,
+                    "summary": {form: summary(records, form) for form in FORMS},
+                    "records": records,
+                }
+            if interrupted:
+                break
     report(args, collection, ingest_s, rerank, why, skipped, results)
 
 

