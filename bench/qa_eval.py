@@ -161,16 +161,19 @@ class Run(NamedTuple):
 
 def runs(asked: list[str], models: str, configured: bool) -> tuple[list[Run], dict[str, str]]:
     """What to run: each generator, `local` once per local model (`models`, or every
-    packaged model installed; with `configured` services, the worker's own), and why the
-    others are skipped."""
+    packaged model installed; with `configured` services, the worker's own, as this
+    process's settings name it), and why the others are skipped."""
     from pgrag.inference.gguf import PACKAGED_GGUF, installed
+    from pgrag.query.generation.local import LocalGenerator
 
     skipped = {}
     if "openai" in asked and not os.environ.get("PGRAG_OPENAI_BASE_URL"):
         skipped["openai"] = "no endpoint configured (set PGRAG_OPENAI_BASE_URL)"
     found: list[Run] = []
     for g in asked:
-        if g == "local" and not configured:
+        if g == "local" and configured:  # the worker's model, as its settings name it
+            found.append(Run(g, g, LocalGenerator(device="cpu").model_name))
+        elif g == "local":
             names = [m.strip() for m in models.split(",") if m.strip()]
             for m in names or [m for m in PACKAGED_GGUF if installed(m)]:
                 found.append(Run(f"local {m.split('/')[-1]}", g, m))
