@@ -132,6 +132,30 @@ def test_extractive_scores_with_the_embedder_when_given() -> None:
     assert answer.startswith("The Lisbon office is open from 8am to 7pm on weekdays. [3]")
 
 
+def test_an_answer_without_a_passage_number_is_flagged_uncited() -> None:
+    from pgrag.query.answering import cite, uncited
+
+    passages = [
+        {
+            "n": n,
+            "chunk_id": n,
+            "document_id": n,
+            "title": p.title,
+            "external_id": p.external_id,
+            "text": p.text,
+        }
+        for n, p in enumerate(PASSAGES, 1)
+    ]
+    assert uncited(cite("Daily snapshots are kept for 35 days [1].", passages)) is None
+    traced = cite("Daily snapshots are kept for 35 days.", passages)
+    assert traced[0]["external_id"] == "ops/backups.md" and traced[0]["inferred"]
+    status = uncited(traced)
+    assert status is not None and status["state"] == "uncited"
+    assert "traced back from its words" in status["reason"]
+    status = uncited(cite("I do not know.", passages))
+    assert status is not None and "could not be traced" in status["reason"]
+
+
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator 'gpt'"):
         get_generator("gpt")
