@@ -71,15 +71,19 @@ def percentile(values: list[float], q: float) -> float:
 def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dict[str, Any]:
     """The `done` (or `error`) event's data of one question, with the seconds it took."""
     from pgrag.client import ask
+    from pgrag.runtime.streaming import StreamTimeout
 
     started = time.perf_counter()
     final: dict[str, Any] = {}
     states: dict[str, str] = {}  # "stopped", "uncited": the status events' reasons
-    for event in ask(question, collection, generator=generator, rerank=rerank, timeout_s=600):
-        if event.type == "status":
-            states[event.data.get("state", "")] = event.data.get("reason", "")
-        if event.type in ("done", "error"):
-            final = {"event": event.type, **event.data}
+    try:
+        for event in ask(question, collection, generator=generator, rerank=rerank, timeout_s=600):
+            if event.type == "status":
+                states[event.data.get("state", "")] = event.data.get("reason", "")
+            if event.type in ("done", "error"):
+                final = {"event": event.type, **event.data}
+    except StreamTimeout as e:  # counted as a failed question; the run goes on
+        final = {"event": "error", "reason": str(e)}
     final["stopped"] = states.get("stopped")
     final["uncited"] = states.get("uncited")
     final["latency_ms"] = (time.perf_counter() - started) * 1000
