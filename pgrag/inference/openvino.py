@@ -96,7 +96,7 @@ def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
     return get_settings().state_dir / "models" / "openvino" / f"{label}-{kind}-{key}"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         while block := f.read(1 << 20):
@@ -108,7 +108,7 @@ def _intact(folder: Path) -> bool:
     """Whether every file listed in the folder's SHA256SUMS is there with that checksum."""
     try:
         sums = dict(line.split("  ", 1)[::-1] for line in (folder / SUMS).read_text().splitlines())
-        return bool(sums) and all(_sha256(folder / name) == sha for name, sha in sums.items())
+        return bool(sums) and all(file_sha256(folder / name) == sha for name, sha in sums.items())
     except (OSError, ValueError):
         return False
 
@@ -131,7 +131,7 @@ def cached(target: Path, build: Callable[[Path], None]) -> Path:
             with _root_logger_kept():
                 build(tmp)
             files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
-            (tmp / SUMS).write_text("".join(f"{_sha256(tmp / f)}  {f}\n" for f in files))
+            (tmp / SUMS).write_text("".join(f"{file_sha256(tmp / f)}  {f}\n" for f in files))
             shutil.rmtree(target, ignore_errors=True)  # a corrupt copy, if any
             # Another process may have won the race: then its copy stays.
             with contextlib.suppress(OSError):

@@ -231,6 +231,8 @@ def _answer(
     timings["generate"] = _ms(t)
 
     citations = cite(text, passages)
+    if found and (status := uncited(citations)):
+        stream.send("status", status)
     short = concise(question, text) if found else None
     timings["total"] = _ms(started)
     timings = {s: timings[s] for s in TIMINGS if s in timings}
@@ -442,6 +444,18 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         if shared >= INFER_MIN_SHARE * len(said) and n not in cited:
             cited[n] = {**{f: by_n[n][f] for f in CITATION_FIELDS}, "inferred": True}
     return list(cited.values())
+
+
+def uncited(citations: Sequence[dict[str, Any]]) -> dict[str, str] | None:
+    """The `status` event that tells readers an answer cites no passage by its number [n]
+    (small models often write none; `cite` then traces its sources), or None."""
+    if any(not c.get("inferred") for c in citations):
+        return None
+    traced = "were traced back from its words" if citations else "could not be traced"
+    return {
+        "state": "uncited",
+        "reason": f"the answer cites no passage by its number [n]; its sources {traced}",
+    }
 
 
 def _fail(stream: AnswerStream, reason: str, timings: dict[str, float], started: float) -> None:

