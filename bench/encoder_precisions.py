@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument(
         "--backends", default="torch-fp32,openvino-fp32,openvino-bf16,openvino-int8"
     )
-    parser.add_argument("--rerank-queries", type=int, default=50)
+    parser.add_argument("--rerank-queries", type=int, default=50, help="0: no rerank")
     parser.add_argument("--depth", type=int, default=20)
     parser.add_argument("--rerank-model", help="a sentence-transformers cross-encoder")
     parser.add_argument("--out", type=Path)
@@ -153,7 +153,8 @@ def main() -> None:
         rows,
         ["backend", "runs", "texts/s", "per CPU-s", "vs torch", "cos min", "cos p1", "nDCG@10"],
     )
-    results["reranker"] = rerank(args, data, docs, dense[REFERENCE], backends)
+    if args.rerank_queries:
+        results["reranker"] = rerank(args, data, docs, dense[REFERENCE], backends)
     path = write_json(args.out or default_out("encoder-precisions"), "encoder_precisions", results)
     print(f"\nwrote {path}")
 
