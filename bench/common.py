@@ -206,9 +206,10 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 900) -> None:
         """Until the worker consumes and, on a model queue, every pool process has loaded
-        the model (which a timed run must not include)."""
+        the model (which a timed run must not include; in a fresh PGRAG_HOME that includes
+        exporting it, minutes for the int8 export of a CPU without native bf16)."""
         from pgrag.workers.app import MODEL_QUEUES, WARM
 
         # Each pool process loads the model; a query worker's threads share its main one's.
