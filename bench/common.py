@@ -241,9 +241,10 @@ class Worker:
     def pid(self) -> int:
         return self.proc.pid
 
-    def wait_ready(self, timeout: float = 120) -> None:
+    def wait_ready(self, timeout: float = 900) -> None:
         """Until the worker consumes and, on a model queue, every pool process has loaded
-        the model (which a timed run must not include)."""
+        the model (which a timed run must not include; in a fresh PGRAG_HOME that includes
+        exporting it, minutes for the int8 export of a CPU without native bf16)."""
         from pgrag.workers.app import MODEL_QUEUES, WARM
 
         # Each pool process loads the model; a query worker's threads share its main one's.
@@ -470,7 +471,7 @@ def machine_info() -> dict[str, Any]:
 
 def cpu_model() -> dict[str, Any]:
     """The CPU's model name and which of the instruction sets that decide the models' speed
-    it has (bf16, AMX, AVX-512), from /proc/cpuinfo (empty where there is none)."""
+    it has (AVX2, VNNI, bf16, AMX, AVX-512), from /proc/cpuinfo (empty where there is none)."""
     try:
         info = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -480,7 +481,7 @@ def cpu_model() -> dict[str, Any]:
         for key, value in (line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
     }
     flags = set(fields.get("flags", "").split())
-    wanted = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    wanted = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
     return {
         "cpu_model": fields.get("model name", ""),
         "cpu_flags": [f for f in wanted if f in flags],

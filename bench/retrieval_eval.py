@@ -166,6 +166,7 @@ def run(args: argparse.Namespace, data: Any, collection_name: str) -> dict[str, 
         "embed_backend": collection.embed_backend,
         "fusion": str(Fusion.from_json(collection.fusion)),
         "ingest_s": ingest_s,
+        "embed_backend": collection.embed_backend,
         "reranker_runtime": reranker.runtime if reranker else None,
         "embed_chunks_per_s": speed,
         "skipped": skipped,
@@ -244,7 +245,7 @@ def report(args: argparse.Namespace, name: str, data: Any, results: dict[str, An
         rows.append([mode, "-", "-", "-", "-", "skipped: no cross-encoder (below)"])
     print_table(
         f"{name}: {len(data.queries)} queries, collection {results['collection']}"
-        f" (ingested in {results['ingest_s']:.0f} s)",
+        f" (ingested in {results['ingest_s']:.0f} s, {results['embed_backend']})",
         rows,
         ["mode", "nDCG@10", "recall@100", "ms/query", "rerank p50 / p95 ms", "published nDCG@10"],
     )

@@ -205,7 +205,9 @@ def collection_embedder(collection: Collection) -> Embedder:
             "it (auto uses the collection's backend) or ingest into a new collection"
         )
     embedder = _load_embedder(collection.model, device, backend)
-    if embedder.backend != backend:
+    # With no vectors yet, what the setting resolves to runs (int8 asked of a model whose
+    # int8 export misses the quality bar runs fp32), and the first vectors record it.
+    if collection.embed_backend and embedder.backend != backend:
         raise BackendMismatch(
             f"collection {collection.name!r} was embedded with the {backend} backend, which "
             f"this machine cannot run (it computes {embedder.backend})"

@@ -12,10 +12,12 @@ The model then keeps its tokenizer and its pre- and post-processing (sorting, po
 the exported graph, activation), and only its forward pass runs in OpenVINO.
 
 Precision: on a CPU with native bfloat16 (AMX or AVX512-BF16) OpenVINO computes in bf16,
-its own default there; elsewhere in fp32. Measured on a 2-core Xeon with AMX (all-MiniLM-L6-v2,
-chunks of 100-170 words): bf16 about 3.5x torch fp32, cosine to the fp32 vectors >= 0.99997;
-int8 dynamic quantization (onnxruntime, per-channel MatMul weights) was slower than bf16 and
-kept a cosine of only 0.991-0.995, so it is not offered. See docs/cpu.md.
+its own default there; elsewhere the model runs calibrated int8 (`pgrag.inference.quantization`,
+a second export made from this one), or fp32 where its int8 export does not agree with fp32
+closely enough. Measured on a 2-core Xeon with AMX (all-MiniLM-L6-v2, chunks of 100-170
+words): bf16 about 3.5x torch fp32, cosine to the fp32 vectors >= 0.99997; int8 dynamic
+quantization (onnxruntime) kept a cosine of only 0.91-0.995, so it is not offered. See
+docs/cpu.md.
 """
 
 from __future__ import annotations
@@ -42,8 +44,10 @@ from pgrag.runtime.settings import get_settings
 log = logging.getLogger(__name__)
 
 SUMS = "SHA256SUMS"
-# Precisions a model may be compiled at, by the name a collection records.
-PRECISIONS = {"bf16": "bf16", "fp32": "f32"}
+# Precisions a model may be compiled at, by the name a collection records, and the hint
+# OpenVINO gets: an int8 model (its matrix products quantized in the graph) computes the
+# rest in fp32, on every CPU alike.
+PRECISIONS = {"bf16": "bf16", "fp32": "f32", "int8": "f32"}
 _EXAMPLE = ["A short example sentence.", "Another, slightly longer example sentence for tracing."]
 
 
@@ -53,8 +57,8 @@ def _core() -> ov.Core:
 
 
 def best_precision() -> str:
-    """bf16 when this CPU computes it natively, else fp32."""
-    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "fp32"
+    """bf16 when this CPU computes it natively, else int8."""
+    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "int8"
 
 
 class _Traced(torch.nn.Module):
@@ -155,7 +159,7 @@ def _root_logger_kept() -> Iterator[None]:
 
 
 def compile_model(path: Path, precision: str) -> ov.CompiledModel:
-    """`path` compiled for this CPU at `precision` ("bf16" or "fp32"), with this process's
+    """`path` compiled for this CPU at `precision` (a key of PRECISIONS), with this process's
     share of the cores (`pgrag.inference.weights.share_cpu_threads`)."""
     return _core().compile_model(
         path,
@@ -198,12 +202,19 @@ def ir_path(model: Any, name: str, output: str) -> Path:
 
 
 def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
-    """Run `model`'s forward pass in OpenVINO from now on; returns the precision it runs at.
+    """Run `model`'s forward pass in OpenVINO from now on; returns the precision it runs at
+    (fp32 for int8 asked of a model whose int8 export misses the quality bar).
 
     `output` is the key of the model's feature dict that callers read ("sentence_embedding"
     for a SentenceTransformer, "scores" for a CrossEncoder); only it is computed.
     """
-    compiled = compile_model(ir_path(model, name, output), precision)
+    path = ir_path(model, name, output)
+    if precision == "int8":
+        from pgrag.inference.quantization import int8_ir, meets_bar
+
+        int8 = int8_ir(model, name, output, path)
+        path, precision = (int8, "int8") if meets_bar(int8) else (path, "fp32")
+    compiled = compile_model(path, precision)
     names = [port.get_any_name() for port in compiled.inputs]
 
     def forward(features: dict[str, Any], **_: Any) -> dict[str, torch.Tensor]:
@@ -213,4 +224,4 @@ def use_openvino(model: Any, name: str, output: str, precision: str) -> str:
         return {output: torch.from_numpy(request.get_output_tensor(0).data.copy())}
 
     model.forward = forward  # the model's own pre- and post-processing stay in use
-    return compiled_precision(compiled)
+    return precision if precision == "int8" else compiled_precision(compiled)

@@ -74,7 +74,7 @@ def pick_device(setting: str = "") -> str:
 
 # A backend names the runtime and the precision that compute a model: vectors of one
 # collection all come from one of these (see `pgrag.inference.embedding.collection_embedder`).
-BACKENDS = ("torch-fp16", "torch-fp32", "openvino-bf16", "openvino-fp32")
+BACKENDS = ("torch-fp16", "torch-fp32", "openvino-bf16", "openvino-int8", "openvino-fp32")
 # Settings that resolve to one of them on a device. "torch" is also what collections
 # embedded before the backend was recorded hold: torch at the device's precision, as then.
 BACKEND_SETTINGS = ("auto", "torch", "openvino", *BACKENDS)
@@ -84,7 +84,9 @@ def pick_backend(setting: str, device: str) -> str:
     """The backend of an inference-backend setting on a torch `device`.
 
     "auto" (or ""): torch in fp16 on CUDA, unchanged; OpenVINO on a CPU. "torch": fp16 on
-    CUDA, fp32 elsewhere. "openvino": bf16 where the CPU computes it natively, else fp32.
+    CUDA, fp32 elsewhere. "openvino": bf16 where the CPU computes it natively, else int8
+    (calibrated; a model whose int8 export misses the quality bar runs openvino-fp32: the
+    loader says which it runs).
     """
     setting = setting.strip() or "auto"
     if setting not in BACKEND_SETTINGS:

@@ -32,8 +32,8 @@ class Settings:
     device: str = ""  # "" picks cuda when available, else cpu
     # Runtime and precision of the models (pgrag.inference.weights.pick_backend):
     # auto (torch fp16 on CUDA, OpenVINO on a CPU), torch, openvino, or a backend by its
-    # full name (torch-fp32, openvino-fp32, ...). A collection keeps the one it was embedded
-    # with; an explicit setting that differs is refused for it.
+    # full name (torch-fp32, openvino-int8, openvino-fp32, ...). A collection keeps the one
+    # it was embedded with; an explicit setting that differs is refused for it.
     inference_backend: str = "auto"
     # Tokens per embedding batch (padded length x rows). GPUs take far more than CPUs.
     embed_token_budget_cpu: int = 4096
