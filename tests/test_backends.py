@@ -17,7 +17,13 @@ from sentence_transformers import SentenceTransformer
 
 from pgrag.inference import quantization
 from pgrag.inference.embedding import BackendMismatch, collection_embedder, load_embedder
-from pgrag.inference.openvino import SUMS, best_precision, ir_path, use_openvino
+from pgrag.inference.openvino import (
+    SUMS,
+    best_precision,
+    ir_path,
+    precision_for,
+    use_openvino,
+)
 from pgrag.inference.quantization import MIN_AGREEMENT, calibration_text, int8_ir, quality
 from pgrag.inference.rerank import load_reranker, rerank_scores
 from pgrag.inference.weights import pick_backend, resolve_model
@@ -146,6 +152,15 @@ def test_collection_embedder_keeps_the_recorded_backend(
     set_backend(monkeypatch, "openvino")
     with pytest.raises(BackendMismatch, match=r"'kb' was embedded with the torch-fp32 backend"):
         collection_embedder(kb)
+
+
+def test_auto_precision_follows_the_cpu() -> None:
+    """bf16 where native; int8 only with int8 dot products (on AVX2 alone it is no faster
+    than fp32: docs/cpu.md); fp32 elsewhere."""
+    assert precision_for(["FP32", "INT8", "BF16"], {"avx2", "avx512_bf16"}) == "bf16"
+    assert precision_for(["FP32", "INT8"], {"avx2", "avx512_vnni"}) == "int8"
+    assert precision_for(["FP32", "INT8"], {"avx2", "avx_vnni"}) == "int8"
+    assert precision_for(["FP32", "INT8"], {"avx2", "fma"}) == "fp32"
 
 
 def test_int8_export_is_calibrated_checked_and_cached(backend_setting: None) -> None:

@@ -12,12 +12,12 @@ The model then keeps its tokenizer and its pre- and post-processing (sorting, po
 the exported graph, activation), and only its forward pass runs in OpenVINO.
 
 Precision: on a CPU with native bfloat16 (AMX or AVX512-BF16) OpenVINO computes in bf16,
-its own default there; elsewhere the model runs calibrated int8 (`pgrag.inference.quantization`,
-a second export made from this one), or fp32 where its int8 export does not agree with fp32
-closely enough. Measured on a 2-core Xeon with AMX (all-MiniLM-L6-v2, chunks of 100-170
-words): bf16 about 3.5x torch fp32, cosine to the fp32 vectors >= 0.99997; int8 dynamic
-quantization (onnxruntime) kept a cosine of only 0.91-0.995, so it is not offered. See
-docs/cpu.md.
+its own default there; on a CPU with int8 dot products (VNNI, AMX) the model runs calibrated
+int8 (`pgrag.inference.quantization`, a second export made from this one), or fp32 where its
+int8 export does not agree with fp32 closely enough; elsewhere (AVX2 alone) fp32, as fast
+there. Measured on a 2-core Xeon with AMX (all-MiniLM-L6-v2, chunks of 100-170 words): bf16
+about 3.5x torch fp32, cosine to the fp32 vectors >= 0.99997; int8 dynamic quantization
+(onnxruntime) kept a cosine of only 0.91-0.995, so it is not offered. See docs/cpu.md.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -56,9 +56,32 @@ def _core() -> ov.Core:
     return ov.Core()
 
 
+# Instructions that multiply int8 in one step. Without them (AVX2 alone) OpenVINO's int8
+# products are no faster than fp32: measured on an AVX2 AMD EPYC, int8 encoded at 1.18x
+# torch fp32 where fp32 ran at 1.54x (docs/cpu.md).
+INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def precision_for(capabilities: Collection[str], flags: Collection[str]) -> str:
+    """bf16 where OpenVINO computes it natively (its capabilities), int8 where the CPU's
+    flags have int8 dot products (VNNI, AMX), else fp32."""
+    if "BF16" in capabilities:
+        return "bf16"
+    return "int8" if INT8_DOT_FLAGS.intersection(flags) else "fp32"
+
+
 def best_precision() -> str:
-    """bf16 when this CPU computes it natively, else int8."""
-    return "bf16" if "BF16" in _core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") else "int8"
+    """The precision `auto` runs the encoders at on this CPU (`precision_for`)."""
+    return precision_for(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"), cpu_flags())
 
 
 class _Traced(torch.nn.Module):
