@@ -341,30 +341,21 @@ def own_broker(worker: Worker) -> Iterator[None]:
     sweeper leaves alone (`pgrag.work.broker`)."""
     import redis
 
-    from pgrag.runtime import db, queue
+    from pgrag.runtime import queue
     from pgrag.runtime import services as svc
     from pgrag.runtime.settings import get_settings
 
     url = svc.redis_url().rsplit("/", 1)[0] + f"/{next(_broker_dbs)}"
     redis.Redis.from_url(url).flushdb()
     os.environ["PGRAG_REDIS_URL"] = url
+    # A deployment name of its own: work that an earlier test left unfinished in this
+    # database (reused after fifteen tests) belongs to that test's deployment, which no
+    # worker of this test serves or sweeps. Other deployments' work, the shared worker's
+    # included, is none of this test's business either.
+    os.environ["PGRAG_DEPLOYMENT"] = f"test-{uuid.uuid4().hex[:12]}"
     get_settings.cache_clear()
     queue._client.cache_clear()
-    # Work an earlier test left in flight in this deployment (its database is reused after
-    # fifteen tests) would reach this test's workers: wait for it to end. Other
-    # deployments' work, the shared worker's included, is none of this test's business.
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        with db.connect() as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pgrag.work WHERE state IN ('queued', 'running')"
-                " AND broker = %s",
-                (queue.deployment(),),
-            ).fetchone()
-        if not (row and row[0]):
-            break
-        time.sleep(0.2)
     yield
-    del os.environ["PGRAG_REDIS_URL"]
+    del os.environ["PGRAG_REDIS_URL"], os.environ["PGRAG_DEPLOYMENT"]
     get_settings.cache_clear()
     queue._client.cache_clear()
