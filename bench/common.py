@@ -471,21 +471,12 @@ def machine_info() -> dict[str, Any]:
 
 def cpu_model() -> dict[str, Any]:
     """The CPU's model name and which of the instruction sets that decide the models' speed
-    it has (AVX2, VNNI, bf16, AMX, AVX-512), from /proc/cpuinfo (empty where there is none)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {}
-    fields = {
-        key.strip(): value.strip()
-        for key, value in (line.split(":", 1) for line in info.splitlines()[:40] if ":" in line)
-    }
-    flags = set(fields.get("flags", "").split())
+    it has (AVX2, VNNI, bf16, AMX, AVX-512)."""
+    from pgrag.runtime import cpu
+
     wanted = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
-    return {
-        "cpu_model": fields.get("model name", ""),
-        "cpu_flags": [f for f in wanted if f in flags],
-    }
+    flags = cpu.flags()
+    return {"cpu_model": cpu.model_name(), "cpu_flags": [f for f in wanted if f in flags]}
 
 
 def print_table(title: str, rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:

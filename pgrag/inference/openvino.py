@@ -39,6 +39,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from pgrag.runtime import cpu
 from pgrag.runtime.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,6 @@ def _core() -> ov.Core:
 INT8_DOT_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags as Linux lists them (empty where /proc/cpuinfo is not)."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
-
-
 def precision_for(capabilities: Collection[str], flags: Collection[str]) -> str:
     """bf16 where OpenVINO computes it natively (its capabilities), int8 where the CPU's
     flags have int8 dot products (VNNI, AMX), else fp32."""
@@ -81,7 +73,7 @@ def precision_for(capabilities: Collection[str], flags: Collection[str]) -> str:
 
 def best_precision() -> str:
     """The precision `auto` runs the encoders at on this CPU (`precision_for`)."""
-    return precision_for(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"), cpu_flags())
+    return precision_for(_core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"), cpu.flags())
 
 
 class _Traced(torch.nn.Module):
