@@ -92,8 +92,10 @@ def create_app(ttft_s: float, tokens: int, pace_s: float) -> FastAPI:
 class SimulatedLLM(ServerProcess):
     """This server in a process of its own on a free loopback port; `url` ends in /v1."""
 
-    def __init__(self, ttft_s: float = 0.5, tokens: int = 40, pace_s: float = 0.02) -> None:
-        port = free_port()
+    def __init__(
+        self, ttft_s: float = 0.5, tokens: int = 40, pace_s: float = 0.02, port: int = 0
+    ) -> None:
+        port = port or free_port()
         self.answer_s = ttft_s + (tokens - 1) * pace_s
         argv = [sys.executable, __file__, "--port", str(port), "--ttft-s", str(ttft_s)]
         argv += ["--tokens", str(tokens), "--pace-s", str(pace_s)]

@@ -19,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import pytest
@@ -101,6 +101,8 @@ def sweep_lock_held() -> bool:
 class Worker:
     """A real `celery worker` process on some queues, which a test may kill."""
 
+    stopping: ClassVar[list[Worker]] = []  # stopped, not yet ended
+
     def __init__(
         self,
         home: Path,
@@ -112,6 +114,7 @@ class Worker:
         from pgrag.runtime import processes
 
         self.log = home / f"{name}.log"
+        self.start = self.log.stat().st_size if self.log.exists() else 0  # of this run's lines
         argv = [*processes.worker(queues, concurrency, name=name).argv, "--without-heartbeat"]
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -129,7 +132,7 @@ class Worker:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited: {self.log.read_text()[-3000:]}")
-            if b"ready." in self.log.read_bytes():
+            if b"ready." in self.log.read_bytes()[self.start :]:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"worker not ready: {self.log.read_text()[-3000:]}")
@@ -167,12 +170,23 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
+        """Celery's warm shutdown, not waited for: the worker stops consuming at once, and the
+        rest (its pool processes' exit, its interpreter's) takes seconds that no test needs;
+        the session waits for it at its end (`reap`). SIGTERM goes to the main process
+        alone: a pool process that got it too would be replaced, and warmed up, first."""
         if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.terminate()
+            Worker.stopping.append(self)
+
+    @classmethod
+    def reap(cls) -> None:
+        """Wait for every stopped worker to end; SIGKILL one that takes over 30 s."""
+        for worker in cls.stopping:
             try:
-                self.proc.wait(30)
+                worker.proc.wait(30)
             except subprocess.TimeoutExpired:
-                self.kill()
+                worker.kill()
+        cls.stopping.clear()
 
 
 def _process_group(stat: Path) -> int | None:
@@ -212,6 +226,7 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     svc.start_redis(settings)
     db.migrate()
     yield home
+    Worker.reap()
     svc.stop_redis(settings)
     svc.stop_postgres(settings)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from bench.common import free_port
+from bench.llm_server import SimulatedLLM
 from pgrag.client import Event, ask, follow
 from pgrag.inference.weights import packaged_path
 from pgrag.ingest import jobs
@@ -239,7 +240,7 @@ def test_unreachable_or_stalled_llm_endpoint_ends_with_an_error_and_the_worker_g
 ) -> None:
     port = free_port()
     query_worker = openai_worker(port, generate_timeout_s="8")
-    server: OpenAIServer | None = None
+    server: SimulatedLLM | None = None
     question, document = QUESTIONS[1]
     try:
         events = list(ask(question, kb))  # nothing listens on the port yet
@@ -247,7 +248,7 @@ def test_unreachable_or_stalled_llm_endpoint_ends_with_an_error_and_the_worker_g
         assert "cannot reach the LLM endpoint" in events[-1].data["reason"]
 
         # A server that sends nothing: the worker gives up at PGRAG_GENERATE_TIMEOUT_S.
-        server = OpenAIServer(port, "--api-key", "sk-test", "--stall-s", "120")
+        server = SimulatedLLM(port=port)
         events = list(ask("STALL " + question, kb))
         assert GENERATION_FAILED.match(kinds(events)), kinds(events)
         assert "did not finish within 8 s" in events[-1].data["reason"]

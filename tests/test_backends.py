@@ -55,6 +55,23 @@ def set_backend(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     get_settings.cache_clear()
 
 
+@pytest.fixture(scope="module", autouse=True)
+def short_calibration(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The int8 exports of this module calibrate on a slice of the shipped text (64 passages,
+    16 questions): the same recipe, checks and cache at a fraction of the cost. The shipped
+    sample's own figures are docs/cpu.md's (bench/encoder_precisions.py)."""
+    text = calibration_text()
+    path = tmp_path_factory.mktemp("calibration") / "calibration.json"
+    path.write_text(
+        json.dumps({"passages": text["passages"][:64], "questions": text["questions"][:16]})
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(quantization, "CALIBRATION", path)
+        calibration_text.cache_clear()
+        yield
+    calibration_text.cache_clear()
+
+
 def test_pick_backend() -> None:
     assert pick_backend("", "cpu") == pick_backend("auto", "cpu") == OPENVINO
     assert pick_backend("auto", "cuda") == "torch-fp16"  # the GPU path, unchanged
@@ -206,9 +223,13 @@ def test_a_collection_keeps_int8(monkeypatch: pytest.MonkeyPatch, backend_settin
         collection_embedder(kb)
 
 
-def test_int8_cross_encoder(tiny_cross_encoder: str) -> None:
+def test_int8_cross_encoder(
+    tiny_cross_encoder: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A sentence-transformers cross-encoder runs int8 where its export meets the bar (its
     scores' correlation with fp32's, per held-out question), else fp32."""
+    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))  # its exports alone
+    get_settings.cache_clear()
     int8 = load_reranker(tiny_cross_encoder, "cpu", "openvino-int8")
     exports = Path(get_settings().state_dir) / "models" / "openvino"
     (report,) = [quality(p / "model.xml") for p in exports.glob("*-scores-int8-*")]

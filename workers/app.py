@@ -8,6 +8,7 @@ in `pgrag.workers` and sweeps the ledger for lost work (`pgrag.runtime.work`).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import threading
@@ -25,6 +26,9 @@ app.conf.include = ["pgrag.workers.tasks"]
 # Queues whose tasks embed text: their processes load the default model up front, and each
 # logs WARM when it has (the benches and tests wait for these lines before they time anything).
 MODEL_QUEUES = {"embed", "query"}
+# What their tasks import (torch and the models' code): once, in the main process before the
+# pool forks, so that its processes share it. A worker on other queues never imports it.
+MODEL_MODULES = ["pgrag.ingest.loading", "pgrag.query.answering"]
 WARM = "pool process warm"
 THREADS = "celery.concurrency.thread"
 
@@ -49,6 +53,9 @@ def _set_up(sender: str, instance: Any, **_: Any) -> None:
     os.environ["PGRAG_WORKER_CONCURRENCY"] = "1" if threads else str(instance.concurrency)
     pool = "threads" if threads else "prefork"
     _node.update(name=sender, pool=pool)
+    if MODEL_QUEUES & _queues():
+        for module in MODEL_MODULES:
+            importlib.import_module(module)
     _record(registry.register, sender, work.owner(), queues, pool, instance.concurrency)
     if threads:  # the tasks run in this process: it is ready once its models are
         started = time.perf_counter()
@@ -122,7 +129,7 @@ def _tend(name: str) -> None:
 
 @worker_shutdown.connect
 def _stop(**_: Any) -> None:
-    from pgrag.runtime import registry
+    from pgrag.runtime import registry, work
 
     _stopping.set()
-    _record(registry.unregister, _node["name"])  # else the row just stops being seen
+    _record(registry.unregister, _node["name"], work.owner())  # else the row just stops being seen

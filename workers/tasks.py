@@ -4,6 +4,11 @@ failures on the job.
 Every task is idempotent (see `pgrag.ingest.pipeline`) and leased in PostgreSQL (`pgrag.work`): a
 second delivery of running or finished work does nothing, and the sweeper sends work again
 when its worker died or its message was lost.
+
+The modules that embed (`pgrag.ingest.loading`, `pgrag.query.answering`: torch and the
+models' code, 5 s of imports) are imported by the tasks that need them, so that a worker
+that only reads sources starts in a second; a worker that embeds imports them before its
+pool forks (`app.MODEL_MODULES`).
 """
 
 from __future__ import annotations
@@ -14,8 +19,7 @@ import psycopg
 import redis
 from celery import Task
 
-from pgrag.ingest import jobs, loading, pipeline
-from pgrag.query import answering
+from pgrag.ingest import jobs, pipeline
 from pgrag.runtime import queue, work
 from pgrag.runtime.services import ServiceError
 
@@ -50,6 +54,8 @@ def ingest_source(job_id: int, work_id: int | None = None) -> None:
 def embed_documents(job_id: int, document_ids: list[int], work_id: int | None = None) -> None:
     with work.lease(work_id) as mine:
         if mine:
+            from pgrag.ingest import loading
+
             loading.embed_documents(job_id, document_ids)
 
 
@@ -74,4 +80,6 @@ def finalize_job(job_id: int, work_id: int | None = None) -> None:
 def answer_question(query_id: str, work_id: int | None = None) -> None:
     with work.lease(work_id) as mine:
         if mine:
+            from pgrag.query import answering
+
             answering.answer(query_id)

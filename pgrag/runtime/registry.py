@@ -53,9 +53,11 @@ def seen(name: str) -> None:
         conn.execute("UPDATE pgrag.workers SET seen_at = now() WHERE name = %s", (name,))
 
 
-def unregister(name: str) -> None:
+def unregister(name: str, owner: str) -> None:
+    """Remove the worker's row, unless a new worker of the same name (`owner`: its main
+    process) has taken it over meanwhile."""
     with db.connect() as conn:
-        conn.execute("DELETE FROM pgrag.workers WHERE name = %s", (name,))
+        conn.execute("DELETE FROM pgrag.workers WHERE name = %s AND owner = %s", (name, owner))
 
 
 def live(within_s: float) -> list[Node]:
