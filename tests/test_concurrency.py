@@ -87,7 +87,7 @@ def test_a_killed_query_worker_hands_every_question_in_flight_to_another(
     home = Path(os.environ["PGRAG_HOME"])
     doomed = Worker(home, "query", "conc-doomed", openai_env(server), concurrency=32)
     try:
-        ids = [answering.submit(q, kb) for q in questions(24)]
+        ids = [answering.submit(q, kb, rerank=False) for q in questions(24)]
         deadline = time.monotonic() + 300
         while server.stats()["in_flight"] < 24:
             assert time.monotonic() < deadline, server.stats()

@@ -358,7 +358,7 @@ def test_ingest_worker_killed_mid_read_resumes_from_its_checkpoint(
     last committed batch, and every document is read, counted and embedded exactly once."""
     from tests.conftest import Worker
 
-    n = 4000
+    n = 2000
     source = tmp_path / "notes.jsonl"
     source.write_text(
         "".join(
@@ -368,7 +368,7 @@ def test_ingest_worker_killed_mid_read_resumes_from_its_checkpoint(
     )
     create_collection(collection_name)
     home = Path(os.environ["PGRAG_HOME"])
-    env = {"PGRAG_INGEST_BATCH_DOCS": "10"}  # 400 checkpoints along the source
+    env = {"PGRAG_INGEST_BATCH_DOCS": "10"}  # 200 checkpoints along the source
     # Only a reader: the embed tasks it fans out wait in the broker.
     reader = Worker(home, "ingest", "doomed-reader", env)
     job = pipeline.submit(source, collection_name)
