@@ -17,8 +17,9 @@ from typing import Annotated, Any
 from fastapi import Depends, HTTPException, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from pgrag.runtime import keys, streaming
+from pgrag.runtime import streaming
 from pgrag.runtime.settings import get_settings
+from pgrag.store import keys
 from pgrag.store.collections import UnknownCollection
 from pgrag.store.schema import ApiKey
 

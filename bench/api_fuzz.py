@@ -4,7 +4,7 @@
 
 Starts embedded PostgreSQL + Redis, one worker on every queue and the API (uvicorn, as
 `pgrag up --api-port` runs it) under a temporary PGRAG_HOME, with a key of each scope
-(`pgrag.runtime.keys.SCOPES`). For each key, schemathesis runs its phases against the API:
+(`pgrag.store.keys.SCOPES`). For each key, schemathesis runs its phases against the API:
 the schema's examples, its coverage of every keyword's edges, random fuzzing (valid and
 invalid requests) and stateful sequences through the schema's links (`POST /v1/ask` then
 `GET /v1/answers/{id}`, a job's `POST` then `GET /v1/jobs/{id}`). Every check runs on every
@@ -253,7 +253,7 @@ def sample_collection() -> str:
 
 
 def main() -> None:
-    from pgrag.runtime import keys
+    from pgrag.store import keys
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-examples", type=int, default=100, help="per operation and phase")

@@ -230,7 +230,8 @@ def client_first_token(question: str, repeats: int) -> list[float]:
 
 
 def browser_figures(home: Any, repeats: int) -> dict[str, Any]:
-    from pgrag.runtime import keys, processes
+    from pgrag.runtime import processes
+    from pgrag.store import keys
 
     _, token = keys.create_key("bench", ["admin"])
     port = free_port()

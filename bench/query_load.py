@@ -72,8 +72,8 @@ class Api:
     (`pgrag.client`) goes through it while it runs."""
 
     def __init__(self, home: Home) -> None:
-        from pgrag.runtime import keys
         from pgrag.runtime.settings import get_settings
+        from pgrag.store import keys
         from tests.openai_server import free_port
 
         _, token = keys.create_key("bench-query-load", ["admin"])

@@ -118,7 +118,7 @@ UP_KEY_NAME = "pgrag-up"
 def _admin_key(settings: Any) -> str:
     """The admin key of the embedded API, created (and saved, mode 600) on the first
     `pgrag up --api-port`; what to tell the user about it."""
-    from pgrag.runtime import keys
+    from pgrag.store import keys
 
     saved = settings.state_dir / "api-key"
     if saved.exists() and keys.authenticate(saved.read_text().strip()):
@@ -223,7 +223,7 @@ def keys() -> None:
 @friendly_errors
 def keys_create(name: str, scopes: str, collections: tuple[str, ...]) -> None:
     """Create a key and print it: it is shown this once (only its hash is stored)."""
-    from pgrag.runtime.keys import create_key
+    from pgrag.store.keys import create_key
 
     wanted = [s.strip() for s in scopes.split(",") if s.strip()]
     key, token = create_key(name, wanted, list(collections) or None)
@@ -236,7 +236,7 @@ def keys_create(name: str, scopes: str, collections: tuple[str, ...]) -> None:
 @friendly_errors
 def keys_list() -> None:
     """Every key: name, scopes, collections, last use, and whether it is revoked."""
-    from pgrag.runtime.keys import list_keys
+    from pgrag.store.keys import list_keys
 
     found = list_keys()
     if not found:
@@ -256,7 +256,7 @@ def keys_list() -> None:
 @friendly_errors
 def keys_revoke(name: str) -> None:
     """Revoke the live key NAME: requests with it are refused from now on."""
-    from pgrag.runtime.keys import revoke_key
+    from pgrag.store.keys import revoke_key
 
     revoke_key(name)
     click.echo(f"revoked {name}")
@@ -361,11 +361,12 @@ def collections_set_fusion(name: str, method: str, dense_weight: float, reset: b
     """Set how hybrid searches of collection NAME fuse dense and lexical rankings. Measure
     it first on queries of your own with judgments (docs/quality.md)."""
     from pgrag import remote
-    from pgrag.query.fusion import Fusion
+    from pgrag.query.fusion import DEFAULT, Fusion
     from pgrag.store.collections import set_fusion
 
     remote.require_local("collections set-fusion")
-    fusion = set_fusion(name, None if reset else Fusion(method, dense_weight))
+    fusion = DEFAULT if reset else Fusion(method, dense_weight)
+    set_fusion(name, None if reset else fusion.to_json())
     click.echo(f"{name}: hybrid searches fuse by {fusion}")
 
 

@@ -289,7 +289,7 @@ class KeyClient(httpx.Client):
     """An httpx client of the API that sends a key of its own, made for it."""
 
     def __init__(self, url: str, scopes: list[str], collections: list[str] | None = None):
-        from pgrag.runtime import keys
+        from pgrag.store import keys
 
         key, self.token = keys.create_key(f"test-{uuid.uuid4().hex[:8]}", scopes, collections)
         self.key_id, self.key_name = key.id, key.name

@@ -18,7 +18,7 @@ from pgrag.api.events import AnswerEvent
 from pydantic import TypeAdapter
 
 from bench.api_fuzz import PHASES, failures, fuzz
-from pgrag.runtime.keys import SCOPES
+from pgrag.store.keys import SCOPES
 from tests.conftest import EXAMPLES, KeyClient
 from tests.test_api import sse
 from tests.test_security import counts, wait_done

@@ -60,7 +60,7 @@ def test_questions_are_answered_with_citations_short_answers_and_stored_rows(min
 def test_a_collections_fusion_setting_is_what_its_hybrid_searches_use(mini: str) -> None:
     question = "How many points did the Panthers defense surrender?"
     default = retrieve(get_collection(mini), question, k=5)
-    assert set_fusion(mini, Fusion("rrf")) == Fusion("rrf")
+    set_fusion(mini, Fusion("rrf").to_json())
     try:
         collection = get_collection(mini)
         assert collection.fusion == {"method": "rrf", "dense_weight": 0.5}
@@ -72,7 +72,7 @@ def test_a_collections_fusion_setting_is_what_its_hybrid_searches_use(mini: str)
         again = retrieve(collection, question, k=5, fusion=Fusion())
         assert [p.chunk_id for p in again.passages] == [p.chunk_id for p in default.passages]
     finally:
-        assert set_fusion(mini, None) == Fusion()
+        set_fusion(mini, None)
     assert get_collection(mini).fusion is None
 
 

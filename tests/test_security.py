@@ -23,8 +23,9 @@ import httpx
 import pytest
 
 from pgrag import client as pgrag_client
-from pgrag.runtime import db, keys
+from pgrag.runtime import db
 from pgrag.runtime.settings import get_settings
+from pgrag.store import keys
 from pgrag.store.collections import UnknownCollection
 from tests.conftest import (
     API_ASKS_PER_MIN,

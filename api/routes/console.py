@@ -18,8 +18,7 @@ from fastapi.templating import Jinja2Templates
 from pgrag.inference.rerank import RerankerUnavailable
 from pgrag.ingest import jobs
 from pgrag.query.retrieval import retrieve
-from pgrag.runtime import keys
-from pgrag.store import embedding_map, inspection
+from pgrag.store import embedding_map, inspection, keys
 from pgrag.store.collections import get_collection, list_collections
 from pgrag.store.schema import ApiKey
 

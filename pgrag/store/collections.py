@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import bindparam, select
 
-from pgrag.query.fusion import Fusion
 from pgrag.runtime import db
 from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
@@ -102,17 +102,15 @@ def create_collection(
     return collection
 
 
-def set_fusion(name: str, fusion: Fusion | None) -> Fusion:
-    """Set how hybrid searches of the collection fuse their rankings (None: the default);
-    returns the fusion now in force."""
+def set_fusion(name: str, fusion: dict[str, Any] | None) -> None:
+    """Store how hybrid searches of the collection fuse their rankings: a
+    `pgrag.query.fusion.Fusion` as JSON, or None for the default."""
     collection = get_collection(name)
-    value = fusion.to_json() if fusion else None
     with db.connect() as conn:
         conn.execute(
             "UPDATE pgrag.collections SET fusion = %s WHERE id = %s",
-            (Jsonb(value) if value else None, collection.id),
+            (Jsonb(fusion) if fusion else None, collection.id),
         )
-    return Fusion.from_json(value)
 
 
 def record_backend(collection: Collection, backend: str) -> Collection:
