@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 from gguf import GGUFReader, GGUFValueType
 
-from pgrag.inference.openvino import file_sha256
+from pgrag.inference.weights import file_sha256
 
 log = logging.getLogger(__name__)
 

@@ -39,6 +39,7 @@ import numpy as np
 import openvino as ov
 import torch
 
+from pgrag.inference.weights import file_sha256
 from pgrag.runtime import cpu
 from pgrag.runtime.settings import get_settings
 
@@ -113,14 +114,6 @@ def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
     key = hashlib.sha256(f"{fingerprint} {kind} {ov.__version__}".encode()).hexdigest()[:16]
     label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
     return get_settings().state_dir / "models" / "openvino" / f"{label}-{kind}-{key}"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _intact(folder: Path) -> bool:

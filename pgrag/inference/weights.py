@@ -7,8 +7,10 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
+from pathlib import Path
 
 import torch
 
@@ -111,3 +113,12 @@ def share_cpu_threads(processes: int) -> None:
     as many threads as there are cores slow each other down."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, (cores or 1) // max(1, processes)))
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 of a (large) file, read a megabyte at a time."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
