@@ -247,7 +247,13 @@ def test_worker_killed_mid_embed_job_still_ends_exact(
     corpus = write_corpus(tmp_path / "many", docs)
     collection = create_collection(collection_name)
     home = Path(os.environ["PGRAG_HOME"])
-    env = {"PGRAG_INGEST_BATCH_DOCS": "8"}  # embed tasks of a second or more each
+    env = {
+        "PGRAG_INGEST_BATCH_DOCS": "8",  # embed tasks of a second or more each
+        # Short leases, swept every second: the killed task's lease expires in seconds.
+        "PGRAG_LEASE_S": "6",
+        "PGRAG_LOST_AFTER_S": "6",
+        "PGRAG_SWEEP_S": "1",
+    }
     first = Worker(home, "ingest,embed", "doomed", env)
     job = pipeline.submit(corpus, collection_name)
 

@@ -276,7 +276,7 @@ def test_a_message_held_by_a_worker_is_never_taken_for_lost(
             os.kill(pid, signal.SIGSTOP)
         job = pipeline.submit(source, collection_name)
         wait_until(lambda: bool(queue.held_work(3600)), 60, "the worker to take the message")
-        time.sleep(3 * float(ENV["PGRAG_LOST_AFTER_S"]))  # sweeps every second meanwhile
+        time.sleep(2 * float(ENV["PGRAG_LOST_AFTER_S"]))  # sweeps every second meanwhile
         with db.connect() as conn:
             state = conn.execute(
                 "SELECT state FROM pgrag.work WHERE job_id = %s", (job.id,)
