@@ -177,6 +177,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_until_serving(
+    proc: subprocess.Popen[bytes], url: str, what: str, timeout_s: float
+) -> None:
+    """Until `GET url` answers; AssertionError when `proc` (the server, called `what`) exits
+    or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        assert proc.poll() is None, f"the {what} exited"
+        assert time.monotonic() < deadline, f"the {what} did not start"
+        try:
+            httpx.get(url, timeout=1)
+            return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+
+
 class ServerProcess:
     """`argv` (a server on loopback `port`) in a process group of its own, up once `GET url +
     /models` answers; `url` is `http://127.0.0.1:<port>/v1`."""
@@ -186,15 +202,7 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{port}"
         self.url = f"{self.base}/v1"
         self.proc = subprocess.Popen(argv, cwd=ROOT, start_new_session=True)
-        deadline = time.monotonic() + timeout_s
-        while True:
-            assert self.proc.poll() is None, f"the {what} exited"
-            assert time.monotonic() < deadline, f"the {what} did not start"
-            try:
-                httpx.get(f"{self.url}/models", timeout=1)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(self.proc, f"{self.url}/models", what, timeout_s)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

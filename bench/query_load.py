@@ -45,9 +45,11 @@ from bench.common import (
     Worker,
     default_out,
     exit_on_sigterm,
+    free_port,
     machine_info,
     pgrag_home,
     print_table,
+    wait_until_serving,
     write_json,
 )
 from bench.llm_server import SimulatedLLM
@@ -74,7 +76,6 @@ class Api:
     def __init__(self, home: Home) -> None:
         from pgrag.runtime.settings import get_settings
         from pgrag.store import keys
-        from tests.openai_server import free_port
 
         _, token = keys.create_key("bench-query-load", ["admin"])
         port = free_port()
@@ -85,16 +86,7 @@ class Api:
         self.saved = {k: os.environ.get(k) for k in ("PGRAG_API_URL", "PGRAG_API_KEY")}
         os.environ.update(PGRAG_API_URL=f"http://127.0.0.1:{port}", PGRAG_API_KEY=token)
         get_settings.cache_clear()
-        import httpx
-
-        deadline = time.monotonic() + 60
-        while True:
-            assert self.proc.poll() is None and time.monotonic() < deadline, "API down"
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2)
-                return
-            except httpx.HTTPError:
-                time.sleep(0.2)
+        wait_until_serving(self.proc, f"http://127.0.0.1:{port}/healthz", "API", 60)
 
     def stop(self) -> None:
         from pgrag.runtime.settings import get_settings

@@ -361,13 +361,13 @@ def collections_set_fusion(name: str, method: str, dense_weight: float, reset: b
     """Set how hybrid searches of collection NAME fuse dense and lexical rankings. Measure
     it first on queries of your own with judgments (docs/quality.md)."""
     from pgrag import remote
-    from pgrag.query.fusion import DEFAULT, Fusion
+    from pgrag.query.fusion import Fusion
     from pgrag.store.collections import set_fusion
 
     remote.require_local("collections set-fusion")
-    fusion = DEFAULT if reset else Fusion(method, dense_weight)
-    set_fusion(name, None if reset else fusion.to_json())
-    click.echo(f"{name}: hybrid searches fuse by {fusion}")
+    stored = None if reset else Fusion(method, dense_weight).to_json()
+    set_fusion(name, stored)
+    click.echo(f"{name}: hybrid searches fuse by {Fusion.from_json(stored)}")
 
 
 # ---------------------------------------------------------------------------- ingest and jobs

@@ -31,7 +31,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.models import Normalize, Pooling, Transformer
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, BertModel
 
-from pgrag.inference.openvino import cached
+from pgrag.inference.openvino import cached, model_label
 from pgrag.runtime.settings import get_settings
 
 ONNX_FILE = "model.onnx"
@@ -64,8 +64,7 @@ def embedder_copy(name: str, folder: str) -> str:
 
 def _copy(name: str, folder: str, kind: str, convert: Callable[[Path, Path], None]) -> str:
     digest = hashlib.sha256((Path(folder) / ONNX_FILE).read_bytes()).hexdigest()[:16]
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
-    target = get_settings().state_dir / "models" / f"{label}-{kind}-{digest}"
+    target = get_settings().state_dir / "models" / f"{model_label(name)}-{kind}-{digest}"
     return str(cached(target, lambda out: convert(Path(folder), out)))
 
 

@@ -108,12 +108,17 @@ def _fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
+def model_label(name: str) -> str:
+    """A model called `name` (a hub id or a path) in the name of a folder: its last two
+    parts, anything but letters, digits and `_.-` turned into `--`."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
+
+
 def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
     """Where the IR of a model called `name` (a hub id or a path) is kept: one folder per
     kind of export, weights (`fingerprint`) and OpenVINO version."""
     key = hashlib.sha256(f"{fingerprint} {kind} {ov.__version__}".encode()).hexdigest()[:16]
-    label = re.sub(r"[^A-Za-z0-9_.-]+", "--", "/".join(Path(name).parts[-2:]))
-    return get_settings().state_dir / "models" / "openvino" / f"{label}-{kind}-{key}"
+    return get_settings().state_dir / "models" / "openvino" / f"{model_label(name)}-{kind}-{key}"
 
 
 def _intact(folder: Path) -> bool:
