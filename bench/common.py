@@ -212,7 +212,8 @@ class ServerProcess:
 
 class Worker:
     """A real `celery worker` process on one queue with `concurrency` pool processes,
-    started with the argv `pgrag up` uses (with `program` in place of `python -m celery`)."""
+    started with the argv `pgrag up` uses (with `program` in place of `python -m celery`);
+    `name` (default: the queue) names its node, for several workers on one queue."""
 
     def __init__(
         self,
@@ -222,13 +223,14 @@ class Worker:
         program: list[str] | None = None,
         pool: str | None = None,
         env: dict[str, str] | None = None,
+        name: str | None = None,
     ) -> None:
         from pgrag.runtime import processes
 
         self.name = queue
         self.concurrency = concurrency
-        self.log = home.path / f"worker-{queue}-c{concurrency}.log"
-        argv = processes.worker(queue, concurrency, pool=pool).argv
+        self.log = home.path / f"worker-{name or queue}-c{concurrency}.log"
+        argv = processes.worker(queue, concurrency, name, pool=pool).argv
         self.threads = argv[argv.index("-P") + 1] == "threads"
         if program:  # in place of `python -m celery`
             argv = [*program, *argv[3:]]

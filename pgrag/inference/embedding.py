@@ -35,7 +35,13 @@ from transformers import PreTrainedTokenizerFast
 
 from pgrag.inference.batching import Batcher
 from pgrag.inference.cross_encoders import is_onnx_model
-from pgrag.inference.weights import QUERY_PROMPTS, pick_backend, pick_device, resolve_model
+from pgrag.inference.weights import (
+    QUERY_PROMPTS,
+    cpu_turn,
+    pick_backend,
+    pick_device,
+    resolve_model,
+)
 from pgrag.runtime.errors import UserError
 from pgrag.runtime.settings import get_settings
 from pgrag.store.schema import Collection
@@ -152,7 +158,8 @@ class Embedder:
                 batch = upcoming.result()
                 if k + 1 < len(batches):
                     upcoming = features(k + 1)  # tokenized while the model runs batch k
-                outputs.append(self.model(batch)["sentence_embedding"])
+                with cpu_turn(self.device):
+                    outputs.append(self.model(batch)["sentence_embedding"])
             # Unit length whatever the model's last module is (cosine == inner product),
             # and one copy back to the host at the end, so the GPU never waits for the CPU.
             embeddings = F.normalize(torch.cat(outputs).float(), p=2, dim=1).cpu().numpy()

@@ -30,7 +30,7 @@ import numpy as np
 from pgrag.inference import cross_encoders
 from pgrag.inference.batching import Batcher
 from pgrag.inference.embedding import token_batches
-from pgrag.inference.weights import pick_backend, pick_device, resolve_model
+from pgrag.inference.weights import cpu_turn, pick_backend, pick_device, resolve_model
 from pgrag.runtime.settings import get_settings
 
 # The longest pair the model reads, in tokens: the question and the passage, the passage cut
@@ -97,7 +97,8 @@ class Reranker:
         for rows, features in self.batches(
             pairs, max_tokens=max_tokens, token_budget=token_budget, batch_size=batch_size
         ):
-            scores[rows] = self.model.logits(features)
+            with cpu_turn(self.device):
+                scores[rows] = self.model.logits(features)
         return scores
 
     def batches(

@@ -7,6 +7,7 @@ nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -14,7 +15,8 @@ from pathlib import Path
 
 import torch
 
-from pgrag.runtime.settings import SettingError
+from pgrag.runtime import cpu
+from pgrag.runtime.settings import SettingError, get_settings
 
 # Hub id -> (Python package that ships the weights, folder inside that package).
 PACKAGED_MODELS: dict[str, tuple[str, str]] = {
@@ -108,11 +110,19 @@ def pick_backend(setting: str, device: str) -> str:
 
 
 def share_cpu_threads(processes: int) -> None:
-    """Give this process its share of the CPU cores when `processes` model processes run
-    side by side: torch starts one thread per core in each, and two processes each running
-    as many threads as there are cores slow each other down."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(max(1, (cores or 1) // max(1, processes)))
+    """Give this process its share of the CPU cores when `processes` model processes of one
+    worker run side by side: torch starts one thread per core in each (OpenVINO and ONNX
+    Runtime take this count when they load a model)."""
+    torch.set_num_threads(max(1, len(cpu.allowed()) // max(1, processes)))
+
+
+def cpu_turn(device: str) -> contextlib.AbstractContextManager[None]:
+    """Around a model call on `device`: on a CPU, as many of the machine's cores as this
+    process runs threads, shared with every other pgrag process on it
+    (`pgrag.runtime.cpu.cores`), unless PGRAG_SHARE_CORES is off."""
+    if device.startswith("cuda") or not get_settings().share_cores:
+        return contextlib.nullcontext()
+    return cpu.cores(torch.get_num_threads())
 
 
 def file_sha256(path: Path) -> str:

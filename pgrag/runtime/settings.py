@@ -39,6 +39,10 @@ class Settings:
     embed_token_budget_cpu: int = 4096
     embed_token_budget_gpu: int = 131072
     embed_max_batch: int = 512
+    # On a CPU, the model calls of every pgrag process on the machine take turns on its
+    # cores, each holding as many as it runs threads (pgrag.runtime.cpu.cores). Off: each
+    # process runs its threads whenever it likes (docs/cpu.md#threads measures both).
+    share_cores: bool = True
 
     # Ingestion.
     ingest_batch_docs: int = 128  # documents per embed task
