@@ -1,6 +1,7 @@
 """Embed processes side by side on one box: does a second one slow the job down?
 
     python bench/shared_cores.py [--beir ../shared/data/scifact] [--docs 1000] [--rounds 2]
+        [--backend auto] [--setups NAME,NAME]
 
 In a fresh PGRAG_HOME (embedded PostgreSQL + Redis) with one ingest worker, the first
 `--docs` documents of the corpus go through the real pipeline into a fresh collection once
@@ -15,7 +16,8 @@ per setup, the setups taking turns for `--rounds` rounds:
 
 Each job is timed from submit to `done`, the time it spent indexing (the HNSW build at the
 end, the same for every setup) reported apart, with the CPU seconds of the embed workers.
-The workers start, and load their model, before the clock does.
+The workers start, and load their model, before the clock does. `--backend` sets the
+workers' PGRAG_INFERENCE_BACKEND (torch: OpenMP threads, which wait for work by spinning).
 
 Prints a table and writes JSON (default bench/results/shared-cores-<time>.json).
 """
@@ -53,13 +55,19 @@ SETUPS: dict[str, list[tuple[int, str]]] = {
 }
 
 
-def ingest(home: Home, setup: str, corpus: Path, collection: str) -> dict[str, Any]:
+def ingest(home: Home, setup: str, corpus: Path, collection: str, backend: str) -> dict[str, Any]:
     """One job of `corpus` into a new `collection` with the embed workers of `setup`."""
     from pgrag.ingest import jobs, pipeline
     from pgrag.store.collections import create_collection
 
     workers = [
-        Worker(home, "embed", c, env={"PGRAG_SHARE_CORES": share}, name=f"embed{i}")
+        Worker(
+            home,
+            "embed",
+            c,
+            env={"PGRAG_SHARE_CORES": share, "PGRAG_INFERENCE_BACKEND": backend},
+            name=f"embed{i}",
+        )
         for i, (c, share) in enumerate(SETUPS[setup])
     ]
     try:
@@ -96,6 +104,7 @@ def main() -> None:
     parser.add_argument("--beir", type=Path, default=Path("../shared/data/scifact"))
     parser.add_argument("--docs", type=int, default=1000, help="first N documents of the corpus")
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--backend", default="auto", help="the embed workers' backend setting")
     parser.add_argument("--setups", default=",".join(SETUPS), help="comma-separated")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -111,7 +120,7 @@ def main() -> None:
             reader.wait_ready()
             for r, setup in itertools.product(range(args.rounds), setups):
                 name = f"cores-{setups.index(setup)}-{r}"
-                runs[setup].append(run := ingest(home, setup, corpus, name))
+                runs[setup].append(run := ingest(home, setup, corpus, name, args.backend))
                 print(f"  round {r + 1}, {setup}: {run['seconds']:.1f} s", file=sys.stderr)
         finally:
             reader.stop()
@@ -126,14 +135,21 @@ def main() -> None:
         summary[setup] = {"seconds": seconds, "indexing_s": indexing, "cpu_s": cpu}
         rows.append([setup, seconds, indexing, chunks / seconds, cpu, f"{base / seconds:.2f}x"])
     print_table(
-        f"{args.docs} documents of {args.beir.name}, median of {args.rounds} rounds",
+        f"{args.docs} documents of {args.beir.name}, backend {args.backend}, median of "
+        f"{args.rounds} rounds",
         rows,
         ["embed workers", "job s", "indexing s", "chunks/s", "embed CPU s", f"vs {setups[0]}"],
     )
     out = write_json(
         args.out or default_out("shared-cores"),
         "shared_cores",
-        {"corpus": str(args.beir), "docs": args.docs, "summary": summary, "runs": runs},
+        {
+            "corpus": str(args.beir),
+            "docs": args.docs,
+            "backend": args.backend,
+            "summary": summary,
+            "runs": runs,
+        },
     )
     print(f"\nwrote {out}")
 

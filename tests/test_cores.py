@@ -3,6 +3,7 @@ processes hold cores while this one asks for them."""
 
 from __future__ import annotations
 
+import multiprocessing
 import signal
 import subprocess
 import sys
@@ -12,12 +13,14 @@ from pathlib import Path
 
 import pytest
 
+from pgrag.runtime import cpu
 from pgrag.runtime.cpu import CorePool
 
 # Holds `n` cores of a two-core pool, says so, and keeps them until told to let go.
 HOLDER = """
 import sys, time
 from pathlib import Path
+from pgrag.runtime import cpu
 from pgrag.runtime.cpu import CorePool
 folder, n = Path(sys.argv[1]), int(sys.argv[2])
 with CorePool(folder, [0, 1]).hold(n):
@@ -100,3 +103,21 @@ def test_pinned_processes_hold_different_cores(tmp_path: Path, holder) -> None:
     holder(2)  # holds cores 0 and 1
     pinned = CorePool(tmp_path, [2, 3])  # a process pinned to cores 2 and 3 (taskset)
     assert in_thread(pinned, 2).wait(10)
+
+
+def _take_one_core(got: multiprocessing.Queue) -> None:
+    got.put(in_thread(cpu._pool(), 1).wait(1.0))  # while the parent holds every core
+    got.put(in_thread(cpu._pool(), 1).wait(30))  # once it has let go
+
+
+def test_a_forked_process_takes_turns_with_its_parent() -> None:
+    """A prefork pool process is forked from its worker: it must not share the parent's
+    locks (flock goes by open file, which a fork shares)."""
+    cores = len(cpu.allowed())
+    got: multiprocessing.Queue = multiprocessing.Queue()
+    with cpu.cores(cores):
+        child = multiprocessing.get_context("fork").Process(target=_take_one_core, args=(got,))
+        child.start()
+        assert got.get(timeout=30) is False, "the child took a core its parent held"
+    assert got.get(timeout=60) is True
+    child.join(30)

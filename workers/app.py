@@ -20,6 +20,11 @@ from celery.signals import celeryd_after_setup, worker_process_init, worker_read
 
 from pgrag.runtime.queue import make_celery
 
+# The tokenizer runs in one thread beside the model call it feeds (the next batch, while the
+# model computes this one); its own pool of a thread per core would run on the cores that
+# the model call holds (docs/cpu.md#threads-that-fit-the-box).
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
 app = make_celery()
 app.conf.include = ["pgrag.workers.tasks"]
 

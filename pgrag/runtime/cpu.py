@@ -84,6 +84,10 @@ class CorePool:
                 if len(held) < n and f not in held:
                     fcntl.flock(f, fcntl.LOCK_EX)
                     held.append(f)
+        except BaseException:  # interrupted while waiting: give back what it took
+            for f in held:
+                fcntl.flock(f, fcntl.LOCK_UN)
+            raise
         finally:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
         return held
@@ -101,6 +105,10 @@ def _try_lock(f: IO[str]) -> bool:
 def _pool() -> CorePool:
     # One folder per user: the files of another user could not be opened for writing.
     return CorePool(Path(tempfile.gettempdir()) / f"pgrag-cores-{os.getuid()}", allowed())
+
+
+# A forked child opens the files again: locks on the parent's open files would be shared.
+os.register_at_fork(after_in_child=_pool.cache_clear)
 
 
 def cores(n: int) -> contextlib.AbstractContextManager[None]:
