@@ -56,8 +56,8 @@ class CorePool:
 
     def __init__(self, folder: Path, ids: list[int]) -> None:
         folder.mkdir(parents=True, exist_ok=True)
-        self._gate = (folder / "gate").open("a")
-        self._cores = [(folder / f"core-{i}").open("a") for i in ids]
+        self._gate: IO[str] = (folder / "gate").open("a")
+        self._cores: list[IO[str]] = [(folder / f"core-{i}").open("a") for i in ids]
         # flock belongs to the open file, which all of a process's threads share: its model
         # calls take turns here first.
         self._local = threading.Lock()
