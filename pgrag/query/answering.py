@@ -36,9 +36,9 @@ import numpy as np
 from psycopg.types.json import Jsonb
 
 from pgrag.query.generation import GENERATORS, GeneratorError, Request, get_generator
-from pgrag.query.generation.extractive import content_words
 from pgrag.query.generation.guard import RepetitionGuard
 from pgrag.query.generation.spans import concise
+from pgrag.query.generation.words import POINTER_WORDS, content_words
 from pgrag.runtime import db, queue, streaming, work
 from pgrag.runtime.settings import get_settings
 from pgrag.store import indexing
@@ -425,7 +425,9 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
     An answer with no valid marker at all (small models often write none) is traced back
     instead: each sentence to the passage holding most of its content words, when that is at
-    least INFER_MIN_SHARE of them. Such citations carry `"inferred": true`.
+    least INFER_MIN_SHARE of them, or, when no sentence is, the answer as a whole by the same
+    rule. Words that point at the sources ("based on the context provided") do not count.
+    Such citations carry `"inferred": true`.
     """
     by_n = {p["n"]: p for p in passages}
     cited: dict[int, dict[str, Any]] = {}
@@ -436,13 +438,19 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     if cited or not passages:
         return list(cited.values())
     words = {p["n"]: content_words(p["text"]) for p in passages}
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
-        said = content_words(sentence)
+
+    def trace(said: set[str]) -> None:
+        said -= POINTER_WORDS
         if len(said) < 2:
-            continue
+            return
         n, shared = max(((n, len(said & w)) for n, w in words.items()), key=lambda x: x[1])
         if shared >= INFER_MIN_SHARE * len(said) and n not in cited:
             cited[n] = {**{f: by_n[n][f] for f in CITATION_FIELDS}, "inferred": True}
+
+    for sentence in re.split(r"(?<=[.!?])\s+", text):
+        trace(content_words(sentence))
+    if not cited:
+        trace(content_words(text))
     return list(cited.values())
 
 

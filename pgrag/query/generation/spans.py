@@ -18,7 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgrag.query.generation.words import STOPWORDS, split_sentences, stem
+from pgrag.query.generation.words import STOPWORDS, is_pointer, split_sentences, stem
 
 # A sentence of an answer and the citation markers after it: "It was ... 1991. [2]".
 _CITED = re.compile(r"(.+?)((?:\s*\[\d+(?:\s*,\s*\d+)*\])+)", re.DOTALL)
@@ -228,8 +228,9 @@ def concise(question: str, answer: str) -> str:
     """The short answer inside `answer`'s first cited sentence, followed by that sentence's
     citation markers (any generator's answer: it cites passages as [n])."""
     found = _CITED.match(answer.strip())
-    if found:  # the last sentence before the first marker is the one it cites
-        sentence, markers = split_sentences(found.group(1).strip())[-1], found.group(2).strip()
+    if found:  # the last sentence before the first marker that says more than where it is
+        sentences, markers = split_sentences(found.group(1).strip()), found.group(2).strip()
+        sentence = next((s for s in reversed(sentences) if not is_pointer(s)), sentences[-1])
     else:
         sentence, markers = split_sentences(answer.strip())[0], ""
     return f"{short_answer(question, sentence)} {markers}".strip()

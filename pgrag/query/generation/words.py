@@ -26,6 +26,20 @@ def content_words(text: str) -> set[str]:
     return {stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())} - STOPWORDS
 
 
+# The words with which an answer points at its sources instead of saying something ("Based
+# on the context provided, ...", "This can be found in passage [2]."): no evidence of the
+# passage it came from, and no part of its short answer.
+_POINTER_WORDS = (
+    "according based context evident found mentioned passage provided stated states this shown"
+)
+POINTER_WORDS = frozenset(stem(w) for w in _POINTER_WORDS.split())
+
+
+def is_pointer(sentence: str) -> bool:
+    """Whether a sentence only says where its answer is ("This is stated in passage [3].")."""
+    return content_words(sentence) <= POINTER_WORDS
+
+
 def split_sentences(text: str) -> list[str]:
     """Sentences of a paragraph; a period after an initial ("James O. McKinsey") or a common
     abbreviation ("St. Johns", "No. 182") ends none."""
