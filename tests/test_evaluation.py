@@ -138,8 +138,13 @@ def test_evaluation_end_to_end(worker: object, tmp_path: Path, collection_name: 
         *at_depths,
     }
     # Reranking at the default depth by itself, or sharing scores with a shallower depth,
-    # ranks every query alike (the model's fp32 scores do not depend on their batch).
-    assert results[f"fused+rerank@{depth}"].runs == results["fused+rerank"].runs
+    # reranks the same passages of every query, alike but for near-ties (a score computed
+    # in another batch may differ in its last bits).
+    alone, shared = results["fused+rerank"], results[f"fused+rerank@{depth}"]
+    assert {q: set(run) for q, run in shared.runs.items()} == {
+        q: set(run) for q, run in alone.runs.items()
+    }
+    assert shared.metrics["ndcg@10"] == pytest.approx(alone.metrics["ndcg@10"], abs=0.02)
     for mode in ("fused+rerank", *at_depths):
         assert len(results[mode].rerank_ms) == 30 and results[mode].rerank_p(50) is not None
     assert results["fused"].rerank_ms == [] and results["fused"].rerank_p(50) is None
