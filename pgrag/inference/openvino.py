@@ -181,7 +181,7 @@ def compile_model(path: Path, precision: str) -> ov.CompiledModel:
             "INFERENCE_PRECISION_HINT": PRECISIONS[precision],
             "INFERENCE_NUM_THREADS": torch.get_num_threads(),
             # OpenVINO pins its threads to the first cores by default: two processes of one
-            # thread each then ran both on core 0 while core 1 idled (docs/cpu.md#threads).
+            # thread each then ran both on core 0 while core 1 idled (docs/cpu.md, threads).
             "ENABLE_CPU_PINNING": False,
         },
     )

@@ -8,8 +8,8 @@ threads. The cores are a machine-wide pool: a lock file per core under the syste
 folder, which every pgrag process on the machine takes turns on (`fcntl.flock`, released by
 the kernel if the process dies). Two embed workers on one box would otherwise each run as
 many threads as it has cores, and the box's cores, twice oversubscribed, would run both
-slower than one (docs/cpu.md#threads). Processes pinned to different cores (taskset,
-cgroups) hold different files and never wait for each other.
+slower than one (docs/cpu.md#threads-that-fit-the-box). Processes pinned to different
+cores (taskset, cgroups) hold different files and never wait for each other.
 """
 
 from __future__ import annotations
@@ -70,8 +70,7 @@ class CorePool:
             try:
                 yield
             finally:
-                for f in held:
-                    fcntl.flock(f, fcntl.LOCK_UN)
+                _release(held)
 
     def _take(self, n: int) -> list[IO[str]]:
         held: list[IO[str]] = []
@@ -85,12 +84,16 @@ class CorePool:
                     fcntl.flock(f, fcntl.LOCK_EX)
                     held.append(f)
         except BaseException:  # interrupted while waiting: give back what it took
-            for f in held:
-                fcntl.flock(f, fcntl.LOCK_UN)
+            _release(held)
             raise
         finally:
             fcntl.flock(self._gate, fcntl.LOCK_UN)
         return held
+
+
+def _release(held: list[IO[str]]) -> None:
+    for f in held:
+        fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _try_lock(f: IO[str]) -> bool:
