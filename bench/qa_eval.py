@@ -76,8 +76,14 @@ def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dic
     started = time.perf_counter()
     final: dict[str, Any] = {}
     states: dict[str, str] = {}  # "stopped", "uncited": the status events' reasons
+    passages: list[dict[str, Any]] = []
     try:
         for event in ask(question, collection, generator=generator, rerank=rerank, timeout_s=600):
+            if event.type == "passages":  # kept so that citing can be rescored offline
+                passages = [
+                    {f: p[f] for f in ("n", "external_id", "title", "text")}
+                    for p in event.data["passages"]
+                ]
             if event.type == "status":
                 states[event.data.get("state", "")] = event.data.get("reason", "")
             if event.type in ("done", "error"):
@@ -86,6 +92,7 @@ def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dic
         final = {"event": "error", "reason": str(e)}
     final["stopped"] = states.get("stopped")
     final["uncited"] = states.get("uncited")
+    final["passages"] = passages
     final["latency_ms"] = (time.perf_counter() - started) * 1000
     return final
 

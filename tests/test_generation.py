@@ -179,6 +179,23 @@ def test_an_answer_no_sentence_of_which_traces_is_traced_whole() -> None:
     assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows())] == [(1, True)]
 
 
+def test_a_sentence_citing_a_passage_without_its_words_is_traced_to_the_one_with_them() -> None:
+    from pgrag.query.answering import cite
+
+    passages = passage_rows()
+    # The model's number is kept (the answer shows it); the passage the words come from is
+    # added, marked inferred. A marker after the sentence's end cites that sentence.
+    answer = "KMS keys are rotated every 90 days by the platform team. [1]"
+    assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (2, True)]
+    # A number whose passage holds the words is all there is; so is a sentence too short to
+    # trace ("See [3].").
+    answer = "Daily snapshots are kept for 35 days [1]. See [3]."
+    assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, None)]
+    # In an answer that cites, a sentence without a number is traced on its own.
+    answer = "Daily snapshots are kept for 35 days [1]. The Lisbon office opens at 8am weekdays."
+    assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, True)]
+
+
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator 'gpt'"):
         get_generator("gpt")

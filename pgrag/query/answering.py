@@ -415,42 +415,66 @@ def _passage_json(n: int, p: Passage) -> dict[str, Any]:
 
 
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+# Markers opening a piece that follows a sentence's end ("... in 1932. [2] It ...") close
+# that sentence: they cite it.
+_LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+(?:\s*,\s*\d+)*\][.,;]?)+")
 CITATION_FIELDS = ("n", "chunk_id", "document_id", "external_id", "title")
 INFER_MIN_SHARE = 0.6  # of a sentence's content words found in the passage it is traced to
 
 
-def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The passages that `text` cites as [n] (or [n, m]), in order of first citation;
-    numbers that match no passage are ignored.
+def _sentences(text: str) -> list[str]:
+    """The answer's sentences, each with the [n] markers written right after its end."""
+    found: list[str] = []
+    for piece in re.split(r"(?<=[.!?])\s+", text):
+        if found and (lead := _LEADING_MARKERS.match(piece)):
+            found[-1] += " " + lead.group().strip()
+            piece = piece[lead.end() :]
+        if piece.strip():
+            found.append(piece)
+    return found
 
-    An answer with no valid marker at all (small models often write none) is traced back
-    instead: each sentence to the passage holding most of its content words, when that is at
-    least INFER_MIN_SHARE of them, or, when no sentence is, the answer as a whole by the same
-    rule. Words that point at the sources ("based on the context provided") do not count.
-    Such citations carry `"inferred": true`.
+
+def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passages that `text` cites, in order of first citation.
+
+    Each sentence cites the passages of its [n] (or [n, m]) markers; numbers that match no
+    passage are ignored. A sentence whose words are not in what it cites (no passage it
+    names holds INFER_MIN_SHARE of its content words, or it names none: small models often
+    write no number, or the wrong one) is traced back as well: to the passage holding most
+    of its content words, when that is at least INFER_MIN_SHARE of them. When nothing is
+    cited, the answer as a whole is traced by the same rule. Words that point at the sources
+    ("based on the context provided") do not count. Traced citations carry
+    `"inferred": true`; what the answer wrote is never dropped.
     """
     by_n = {p["n"]: p for p in passages}
+    words = {n: content_words(p["text"]) for n, p in by_n.items()}
     cited: dict[int, dict[str, Any]] = {}
-    for group in _CITATION.findall(text):
-        for n in (int(x) for x in group.split(",")):
-            if n in by_n and n not in cited:
-                cited[n] = {f: by_n[n][f] for f in CITATION_FIELDS}
-    if cited or not passages:
-        return list(cited.values())
-    words = {p["n"]: content_words(p["text"]) for p in passages}
 
-    def trace(said: set[str]) -> None:
+    def add(n: int, inferred: bool) -> None:
+        if n not in cited:
+            cited[n] = {f: by_n[n][f] for f in CITATION_FIELDS}
+            if inferred:
+                cited[n]["inferred"] = True
+
+    def trace(said: set[str], written: list[int]) -> None:
         said -= POINTER_WORDS
         if len(said) < 2:
             return
-        n, shared = max(((n, len(said & w)) for n, w in words.items()), key=lambda x: x[1])
-        if shared >= INFER_MIN_SHARE * len(said) and n not in cited:
-            cited[n] = {**{f: by_n[n][f] for f in CITATION_FIELDS}, "inferred": True}
+        need = INFER_MIN_SHARE * len(said)
+        if any(len(said & words[n]) >= need for n in written):
+            return
+        n = max(words, key=lambda n: len(said & words[n]))
+        if len(said & words[n]) >= need:
+            add(n, inferred=True)
 
-    for sentence in re.split(r"(?<=[.!?])\s+", text):
-        trace(content_words(sentence))
-    if not cited:
-        trace(content_words(text))
+    for sentence in _sentences(text):
+        groups = _CITATION.findall(sentence)
+        written = [n for g in groups for n in map(int, g.split(",")) if n in by_n]
+        for n in written:
+            add(n, inferred=False)
+        trace(content_words(_CITATION.sub(" ", sentence)), written)
+    if not cited and passages:
+        trace(content_words(_CITATION.sub(" ", text)), [])
     return list(cited.values())
 
 
