@@ -110,7 +110,7 @@ def test_citation_markers_are_not_part_of_the_answer() -> None:
     ("question", "kind"),
     [
         ("How many points did the Panthers defense surrender?", "number"),
-        ("What percentage of Warsaw's population was Protestant?", "number"),
+        ("What percentage of Warsaw's population was Protestant?", "percent"),
         ("When was Warsaw's stock exchange brought back to life?", "date"),
         ("In what year did Tesla die?", "date"),
         ("Who founded McKinsey & Company?", "name"),
@@ -140,6 +140,30 @@ def test_answer_kind(question: str, kind: str) -> None:
             "The firm was founded by James O. McKinsey in Chicago.",
             "James O. McKinsey",
         ),
+        # A percentage question wants the percentage, not the first number.
+        (
+            "Of Warsaw's inhabitants in 1901, what percentage was Catholic?",
+            "Out of 711,988 inhabitants, 56.2% were Catholics.",
+            "56.2%",
+        ),
+        # The day of the month belongs to the date.
+        (
+            "When did the parties sign the agreement?",
+            "The parties signed the agreement on 28 February 2008.",
+            "28 February 2008",
+        ),
+        # "The" opening the sentence is no part of the name the question says.
+        (
+            "Where is the Hyde Park Day School located?",
+            "The Hyde Park Day School is located on the University of Chicago campus.",
+            "University of Chicago",
+        ),
+        # A parenthesis the phrase would leave open is left out.
+        (
+            "The Rams are an example of what kind of sports team?",
+            "The Rams are an example of a NFL (National Football League) sports team.",
+            "NFL",
+        ),
     ],
 )
 def test_short_answer_picks_the_phrase_of_the_wanted_kind(
@@ -166,3 +190,24 @@ def test_concise_skips_a_sentence_that_only_points_at_its_source() -> None:
     question = "What does most of the HD material use as a standard?"
     answer = "Most of the HD material uses the DVB-S2 standard. This can be found in [3]."
     assert concise(question, answer) == "DVB-S2 [3]"
+
+
+@pytest.mark.parametrize(
+    ("question", "answer", "expected"),
+    [
+        (
+            "What is Jacksonville's population ranking?",
+            "Jacksonville is the 12th most populous city. This can be seen in the context [4].",
+            "12th most populous city [4]",
+        ),
+        (
+            "What rainforest covers the majority of the Amazon basin?",
+            "The Amazon rainforest covers most of the Amazon basin, as stated in [1].",
+            "The Amazon rainforest covers most of the Amazon basin [1]",
+        ),
+    ],
+)
+def test_concise_leaves_out_the_words_that_point_at_the_source(
+    question: str, answer: str, expected: str
+) -> None:
+    assert concise(question, answer) == expected

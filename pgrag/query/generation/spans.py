@@ -18,7 +18,13 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pgrag.query.generation.words import STOPWORDS, is_pointer, split_sentences, stem
+from pgrag.query.generation.words import (
+    STOPWORDS,
+    is_pointer,
+    split_sentences,
+    stem,
+    without_pointers,
+)
 
 # A sentence of an answer and the citation markers after it: "It was ... 1991. [2]".
 _CITED = re.compile(r"(.+?)((?:\s*\[\d+(?:\s*,\s*\d+)*\])+)", re.DOTALL)
@@ -48,10 +54,11 @@ _NAMED = (
 )
 _KINDS = [
     # (kind, question pattern), the first that matches wins
+    ("percent", r"\b(percentage|percent)\b"),
     (
         "number",
         r"\bhow (many|much|long|old|far|large|big|tall|high|deep|wide|fast|often)\b"
-        r"|\bwhat (percentage|percent|number|amount|proportion|share)\b",
+        r"|\bwhat (number|amount|proportion|share)\b",
     ),
     ("date", r"\bwhen\b|\b(what|which|in what) (year|date|time|century|decade|month|day|era)\b"),
     ("name", rf"\b(who|whom|whose|where)\b|\bname\b|\b(what|which) (\w+ ){{0,2}}({_NAMED})s?\b"),
@@ -64,8 +71,8 @@ LENGTH_PENALTY = 0.05  # per word beyond MAX_WORDS / 2
 
 
 def answer_kind(question: str) -> str:
-    """The kind of answer a question wants: "number", "date", "name" (people and places)
-    or "other"."""
+    """The kind of answer a question wants: "percent", "number", "date", "name" (people and
+    places) or "other"."""
     q = question.lower()
     return next((kind for kind, pattern in _KINDS if re.search(pattern, q)), "other")
 
@@ -78,6 +85,8 @@ def kind_strength(word: str, kind: str, first: bool = False) -> int:
     low = word.lower()
     digits = any(ch.isdigit() for ch in word)
     capital = word[:1].isupper() and not first
+    if kind == "percent":  # "56.2%"; a bare number maybe ("56 percent": the run holds both)
+        return 2 if "%" in word or low in ("percent", "per cent") else int(digits)
     if kind == "number":
         year = bool(re.fullmatch(r"1[0-9]{3}|20[0-9]{2}", word))
         return 1 if year or low in NUMBER_WORDS else 2 * digits
@@ -122,19 +131,24 @@ def words_of(question: str, sentence: str) -> list[Word]:
     return found
 
 
+def _named(w: Word) -> bool:
+    """Capitalised, and no function word ("The" opening a sentence is no part of a name)."""
+    return w.text[:1].isupper() and w.text.lower() not in EDGE_WORDS
+
+
 def join_names(words: list[Word]) -> None:
     """A name the question says in part ("Who founded McKinsey?": "James O. McKinsey") is
     one phrase: in a run of capitalised words that the question says only some of, none
     counts as `asked`."""
     run: list[Word] = []
     for w in [*words, None]:
-        if w is not None and w.text[:1].isupper() and not (run and run[-1].breaks_after):
+        if w is not None and _named(w) and not (run and run[-1].breaks_after):
             run.append(w)
             continue
         if any(x.asked for x in run) and not all(x.asked for x in run):
             for x in run:
                 x.asked = False
-        run = [w] if w is not None and w.text[:1].isupper() else []
+        run = [w] if w is not None and _named(w) else []
 
 
 def phrases(words: list[Word]) -> list[list[Word]]:
@@ -172,7 +186,8 @@ def short_answer(question: str, sentence: str) -> str:
         return min((abs(w.at - a) for a in anchors), default=0)
 
     def strength(w: Word) -> int:
-        return kind_strength(w.text, kind, w.at == 0)
+        found = kind_strength(w.text, kind, w.at == 0)
+        return 2 if kind == "date" and found and day_of_month(words, w) else found
 
     def closeness(run: list[Word]) -> float:
         """How much of the question surrounds the phrase: each of its words said in the
@@ -198,6 +213,14 @@ def short_answer(question: str, sentence: str) -> str:
     return as_written(best)
 
 
+def day_of_month(words: list[Word], w: Word) -> bool:
+    """Whether `w` is the day of a date beside its month ("28 February", "February 28")."""
+    beside = words[max(w.at - 1, 0) : w.at + 2]
+    return bool(re.fullmatch(r"[0-9]{1,2}", w.text)) and any(
+        x.text.lower() in MONTHS for x in beside
+    )
+
+
 def typed_runs(words: list[Word], strength: Callable[[Word], int]) -> list[list[Word]]:
     """Runs of words surely of the wanted kind, with the words that join them inside a
     name or a range ("Robert Lane and Benjamin Vail", "1500 to 1850")."""
@@ -221,7 +244,10 @@ def as_written(words: list[Word]) -> str:
     period of an initial stays: "James O.")."""
     text = " ".join(w.raw for w in words)
     initial = re.search(r"\b[A-Z]\.$", text)
-    return text.strip(QUOTES_AND_PUNCTUATION) + ("." if initial else "")
+    text = text.strip(QUOTES_AND_PUNCTUATION)
+    if text.count("(") > text.count(")"):  # "NFL (National Football League": "NFL"
+        return text[: text.rindex("(")].rstrip() or text
+    return text + ("." if initial else "")
 
 
 def concise(question: str, answer: str) -> str:
@@ -233,4 +259,4 @@ def concise(question: str, answer: str) -> str:
         sentence = next((s for s in reversed(sentences) if not is_pointer(s)), sentences[-1])
     else:
         sentence, markers = split_sentences(answer.strip())[0], ""
-    return f"{short_answer(question, sentence)} {markers}".strip()
+    return f"{short_answer(question, without_pointers(sentence))} {markers}".strip()

@@ -35,9 +35,26 @@ _POINTER_WORDS = (
 POINTER_WORDS = frozenset(stem(w) for w in _POINTER_WORDS.split())
 
 
+_SOURCE = r"(?:the\s+)?(?:provided\s+|given\s+)?(?:context\s+)?(?:context|passages?|text|\[\d+\])"
+# "..., as stated in [1]", "... is mentioned in the context.", "..., as stated in" (before
+# the sentence's [n])
+_POINTING = re.compile(
+    rf",?\s*\b(?:as\s+)?(?:(?:is|are|was|were)\s+)?(?:stated|mentioned|shown|described|noted|"
+    rf"seen|found|given|explained)\s+in(?:\s+{_SOURCE}.*)?\s*$",
+    re.IGNORECASE,
+)
+
+
+def without_pointers(sentence: str) -> str:
+    """`sentence` without the words at its end that point at its source (", as stated in
+    [1]"); as it is when nothing else would be left."""
+    return _POINTING.sub("", sentence).strip() or sentence
+
+
 def is_pointer(sentence: str) -> bool:
-    """Whether a sentence only says where its answer is ("This is stated in passage [3].")."""
-    return content_words(sentence) <= POINTER_WORDS
+    """Whether a sentence only says where its answer is ("This is stated in passage [3].",
+    "This can be seen in the passage")."""
+    return content_words(_POINTING.sub("", sentence)) <= POINTER_WORDS
 
 
 def split_sentences(text: str) -> list[str]:
