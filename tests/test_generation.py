@@ -196,6 +196,14 @@ def test_a_sentence_citing_a_passage_without_its_words_is_traced_to_the_one_with
     assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, True)]
 
 
+def test_tracing_matches_words_of_one_root() -> None:
+    from pgrag.query.answering import cite
+
+    # "restoring", "quarterly": the passage says "Restores", "quarter".
+    answer = "Restoring is tested quarterly."
+    assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows())] == [(1, True)]
+
+
 def test_unknown_generator() -> None:
     with pytest.raises(ValueError, match="unknown generator 'gpt'"):
         get_generator("gpt")

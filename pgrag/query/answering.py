@@ -434,6 +434,12 @@ def _sentences(text: str) -> list[str]:
     return found
 
 
+def _roots(words: set[str]) -> set[str]:
+    """Words by their first five letters, so that a sentence's "supported" finds the
+    passage's "supporting"."""
+    return {w[:5] for w in words}
+
+
 def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The passages that `text` cites, in order of first citation.
 
@@ -447,7 +453,7 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     `"inferred": true`; what the answer wrote is never dropped.
     """
     by_n = {p["n"]: p for p in passages}
-    words = {n: content_words(p["text"]) for n, p in by_n.items()}
+    words = {n: _roots(content_words(p["text"])) for n, p in by_n.items()}
     cited: dict[int, dict[str, Any]] = {}
 
     def add(n: int, inferred: bool) -> None:
@@ -457,7 +463,7 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 cited[n]["inferred"] = True
 
     def trace(said: set[str], written: list[int]) -> None:
-        said -= POINTER_WORDS
+        said = _roots(said - POINTER_WORDS)
         if len(said) < 2:
             return
         need = INFER_MIN_SHARE * len(said)
