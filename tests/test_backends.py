@@ -123,7 +123,7 @@ def tiny_cross_encoder(tmp_path_factory: pytest.TempPathFactory) -> str:
 def test_export_is_cached_and_a_corrupt_copy_rebuilt(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_setting: None
 ) -> None:
-    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))
+    monkeypatch.setenv("PGRAG_MODEL_DIR", str(tmp_path / "models"))  # its exports alone
     get_settings.cache_clear()
     model = SentenceTransformer(resolve_model(DEFAULT_EMBED_MODEL), device="cpu").eval()
     root = logging.getLogger()
@@ -228,10 +228,10 @@ def test_int8_cross_encoder(
 ) -> None:
     """A sentence-transformers cross-encoder runs int8 where its export meets the bar (its
     scores' correlation with fp32's, per held-out question), else fp32."""
-    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))  # its exports alone
+    monkeypatch.setenv("PGRAG_MODEL_DIR", str(tmp_path / "models"))  # its exports alone
     get_settings.cache_clear()
     int8 = load_reranker(tiny_cross_encoder, "cpu", "openvino-int8")
-    exports = Path(get_settings().state_dir) / "models" / "openvino"
+    exports = get_settings().models / "openvino"
     (report,) = [quality(p / "model.xml") for p in exports.glob("*-scores-int8-*")]
     assert report["held_out"] == len(calibration_text()["passages"]) // 2 // 8  # questions
     assert int8.runtime == ("openvino-int8" if report["min"] >= MIN_AGREEMENT else "openvino-fp32")

@@ -139,7 +139,7 @@ def test_a_refused_file_is_a_clear_generator_error(
     from pgrag.query.generation.local import load_model
     from pgrag.runtime.settings import get_settings
 
-    monkeypatch.setenv("PGRAG_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PGRAG_MODEL_DIR", str(tmp_path / "models"))
     get_settings.cache_clear()
     name, files = parts("bad", tiny_gguf(tmp_path / "tiny.gguf"))
     files[0].write_bytes(b"\0" * files[0].stat().st_size)

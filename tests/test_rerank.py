@@ -102,7 +102,7 @@ def test_the_torch_copy_for_cuda_scores_as_the_onnx_file(
     from pgrag.inference.onnx_torch import torch_copy
     from pgrag.runtime.settings import get_settings
 
-    monkeypatch.setenv("PGRAG_HOME", str(tmp_path))
+    monkeypatch.setenv("PGRAG_MODEL_DIR", str(tmp_path / "models"))
     get_settings.cache_clear()
     try:
         copy = load_reranker(DEFAULT_RERANK_MODEL, "cpu", "torch")

@@ -7,7 +7,7 @@ itself (Qwen2.5-Coder). Packages are located with `importlib.util.find_spec`, wh
 none of their code; only the Gemma package is imported, for its `assemble()`.
 
 Their bytes are untrusted input. Before a file is read as a model, `packaged_gguf`:
-- joins its parts in order into a temporary file under `<state_dir>/models/` (once: the
+- joins its parts in order into a temporary file under `<PGRAG_MODEL_DIR>/` (once: the
   caller converts the file, and later loads read the converted copy);
 - refuses it (`GGUFMismatch`) unless its size and full sha256 are the ones pinned here (all
   but the Gemma file, whose packages pgrag has not pinned), its metadata says the

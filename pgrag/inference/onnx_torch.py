@@ -7,7 +7,7 @@ before quantization, a transformers BERT: its int8 weights are de-quantized
 ((q - zero point) x scale) into a `BertForSequenceClassification` (`torch_copy`, the
 reranker) or a sentence-transformers model around a `BertModel` (`embedder_copy`), which
 then runs in fp16 as any such model does. The copy is made once, saved under
-`<state_dir>/models/` with checksums (`pgrag.inference.openvino.cached`), and checked before
+`<PGRAG_MODEL_DIR>/` with checksums (`pgrag.inference.openvino.cached`), and checked before
 it is kept: on examples it must compute what the ONNX file does (OpenVINO computing it),
 within the int8 model's own noise, or loading fails with the reason.
 
@@ -64,7 +64,7 @@ def embedder_copy(name: str, folder: str) -> str:
 
 def _copy(name: str, folder: str, kind: str, convert: Callable[[Path, Path], None]) -> str:
     digest = hashlib.sha256((Path(folder) / ONNX_FILE).read_bytes()).hexdigest()[:16]
-    target = get_settings().state_dir / "models" / f"{model_label(name)}-{kind}-{digest}"
+    target = get_settings().models / f"{model_label(name)}-{kind}-{digest}"
     return str(cached(target, lambda out: convert(Path(folder), out)))
 
 

@@ -2,7 +2,7 @@
 
 A sentence-transformers model (a `SentenceTransformer` or a `CrossEncoder`) is converted
 once from its loaded weights into OpenVINO IR (`openvino.convert_model`, traced on a small
-example batch) and saved under `<state_dir>/models/openvino/<name>-<output>-<key>/`, with
+example batch) and saved under `<PGRAG_MODEL_DIR>/openvino/<name>-<output>-<key>/`, with
 the SHA-256 of each file in `SHA256SUMS` beside them. A later load checks those sums and
 rebuilds a cache that does not match them (a truncated or corrupt file is never compiled).
 The key hashes the weights themselves, the output and the OpenVINO version, so new weights
@@ -118,7 +118,7 @@ def cache_dir(name: str, kind: str, fingerprint: str) -> Path:
     """Where the IR of a model called `name` (a hub id or a path) is kept: one folder per
     kind of export, weights (`fingerprint`) and OpenVINO version."""
     key = hashlib.sha256(f"{fingerprint} {kind} {ov.__version__}".encode()).hexdigest()[:16]
-    return get_settings().state_dir / "models" / "openvino" / f"{model_label(name)}-{kind}-{key}"
+    return get_settings().models / "openvino" / f"{model_label(name)}-{kind}-{key}"
 
 
 def _intact(folder: Path) -> bool:

@@ -2,7 +2,7 @@
 
 Exported once from the model's local folder (for the default model, the safetensors copy
 of its GGUF file: `pgrag.query.generation.local.model_path`) and cached with checksums under
-`<state_dir>/models/openvino/` (`pgrag.inference.openvino.cached`):
+`<PGRAG_MODEL_DIR>/openvino/` (`pgrag.inference.openvino.cached`):
 
 - the forward pass with the past keys and values as tensors is traced
   (`openvino.convert_model`), and its weight matrices stored as int8, one scale per output

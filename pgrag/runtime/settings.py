@@ -24,6 +24,9 @@ class Settings:
     database_url: str = ""
     redis_url: str = ""
     home: Path = Path(".pgrag")
+    # Models converted and exported on first use (checked by their sums on every load);
+    # empty: <home>/models. Homes that share one convert each model once.
+    model_dir: str = ""
 
     # Embedding and chunking defaults for new collections.
     embed_model: str = DEFAULT_EMBED_MODEL
@@ -124,6 +127,10 @@ class Settings:
     @property
     def state_dir(self) -> Path:
         return self.home.resolve()
+
+    @property
+    def models(self) -> Path:
+        return Path(self.model_dir).resolve() if self.model_dir else self.state_dir / "models"
 
     @property
     def uploads(self) -> Path:

