@@ -2,6 +2,7 @@
 
     python bench/qa_eval.py --folder ../shared/data/xquad-en [--questions 200] [--seed 0]
         [--generators extractive,local,openai] [--local-models M1,M2] [--rerank-model M]
+        [--no-rerank]
         [--collection NAME]
 
 The folder is a BEIR-layout QA set (corpus.jsonl, queries.jsonl, qrels/test.tsv) with
@@ -27,11 +28,12 @@ counted with the model's tokenizer) and latency from asking to the `done` event 
 For runaway generation, the share of answers that repeat a sentence
 (`pgrag.query.generation.guard`'s comparison), that the guard stopped at a repeat (its
 `status` event), and, for a local model, that reached PGRAG_MAX_NEW_TOKENS.
-`--rerank-model` reranks with that cross-encoder; when it cannot be loaded, the run says why
-and answers without rerank.
+Questions are reranked as a user's are by default: when the reranker loads (its package is
+installed; `--rerank-model` names another cross-encoder); when it cannot be loaded, the run
+says why and answers without rerank. `--no-rerank` answers without it.
 
 Prints a table and writes JSON (default bench/results/qa-eval-<time>.json) with every
-question's answers and scores.
+question's answers, scores and passages (so that citing and short answers can be rescored).
 """
 
 from __future__ import annotations
@@ -230,6 +232,7 @@ def main() -> None:
         "--local-models", default="", help="PGRAG_LOCAL_MODEL values (default: all installed)"
     )
     parser.add_argument("--rerank-model", help="cross-encoder (sets PGRAG_RERANK_MODEL)")
+    parser.add_argument("--no-rerank", action="store_true", help="answer without rerank")
     parser.add_argument("--collection", help="use this collection of the configured services")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -257,7 +260,7 @@ def main() -> None:
         ranking.ingest_beir(data, collection, progress=ingest_progress)
         ingest_s = time.perf_counter() - started
         print(file=sys.stderr)
-        rerank, why = rerank_ready() if args.rerank_model else (False, "")
+        rerank, why = (False, "") if args.no_rerank else rerank_ready()
         if why:
             print(f"answering without rerank: {why}", file=sys.stderr)
         for run in todo:

@@ -191,6 +191,9 @@ def test_a_sentence_citing_a_passage_without_its_words_is_traced_to_the_one_with
     # trace ("See [3].").
     answer = "Daily snapshots are kept for 35 days [1]. See [3]."
     assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, None)]
+    # A passage traced from one sentence and cited by number in the next is cited.
+    answer = "Backups are taken every night. Daily snapshots are kept for 35 days. [1]"
+    assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None)]
     # In an answer that cites, a sentence without a number is traced on its own.
     answer = "Daily snapshots are kept for 35 days [1]. The Lisbon office opens at 8am weekdays."
     assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, True)]

@@ -38,7 +38,7 @@ from psycopg.types.json import Jsonb
 from pgrag.query.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.query.generation.guard import RepetitionGuard
 from pgrag.query.generation.spans import concise
-from pgrag.query.generation.words import POINTER_WORDS, content_words
+from pgrag.query.generation.words import POINTER_WORDS, content_words, split_sentences
 from pgrag.runtime import db, queue, streaming, work
 from pgrag.runtime.settings import get_settings
 from pgrag.store import indexing
@@ -425,7 +425,7 @@ INFER_MIN_SHARE = 0.6  # of a sentence's content words found in the passage it i
 def _sentences(text: str) -> list[str]:
     """The answer's sentences, each with the [n] markers written right after its end."""
     found: list[str] = []
-    for piece in re.split(r"(?<=[.!?])\s+", text):
+    for piece in split_sentences(text):
         if found and (lead := _LEADING_MARKERS.match(piece)):
             found[-1] += " " + lead.group().strip()
             piece = piece[lead.end() :]
@@ -461,6 +461,8 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             cited[n] = {f: by_n[n][f] for f in CITATION_FIELDS}
             if inferred:
                 cited[n]["inferred"] = True
+        elif not inferred:  # traced from an earlier sentence, and cited by number here
+            cited[n].pop("inferred", None)
 
     def trace(said: set[str], written: list[int]) -> None:
         said = _roots(said - POINTER_WORDS)
