@@ -160,6 +160,7 @@ def test_an_answer_without_a_passage_number_is_flagged_uncited() -> None:
     assert "traced back from its words" in status["reason"]
     status = uncited(cite("I do not know.", passages))
     assert status is not None and "could not be traced" in status["reason"]
+    assert cite("No passage matches the question.", []) == []
 
 
 def test_tracing_ignores_words_that_point_at_the_context() -> None:

@@ -452,6 +452,8 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     ("based on the context provided") do not count. Traced citations carry
     `"inferred": true`; what the answer wrote is never dropped.
     """
+    if not passages:
+        return []
     by_n = {p["n"]: p for p in passages}
     words = {n: _roots(content_words(p["text"])) for n, p in by_n.items()}
     cited: dict[int, dict[str, Any]] = {}
@@ -481,7 +483,7 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         for n in written:
             add(n, inferred=False)
         trace(content_words(_CITATION.sub(" ", sentence)), written)
-    if not cited and passages:
+    if not cited:
         trace(content_words(_CITATION.sub(" ", text)), [])
     return list(cited.values())
 
