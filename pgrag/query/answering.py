@@ -38,7 +38,12 @@ from psycopg.types.json import Jsonb
 from pgrag.query.generation import GENERATORS, GeneratorError, Request, get_generator
 from pgrag.query.generation.guard import RepetitionGuard
 from pgrag.query.generation.spans import concise
-from pgrag.query.generation.words import POINTER_WORDS, content_words, split_sentences
+from pgrag.query.generation.words import (
+    MARKER,
+    POINTER_WORDS,
+    content_words,
+    split_sentences,
+)
 from pgrag.runtime import db, queue, streaming, work
 from pgrag.runtime.settings import get_settings
 from pgrag.store import indexing
@@ -414,10 +419,10 @@ def _passage_json(n: int, p: Passage) -> dict[str, Any]:
     }
 
 
-_CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
+_CITATION = re.compile(MARKER)
 # Markers opening a piece that follows a sentence's end ("... in 1932. [2] It ...") close
 # that sentence: they cite it.
-_LEADING_MARKERS = re.compile(r"^(?:\s*\[\d+(?:\s*,\s*\d+)*\][.,;]?)+")
+_LEADING_MARKERS = re.compile(rf"^(?:\s*{MARKER}[.,;]?)+")
 CITATION_FIELDS = ("n", "chunk_id", "document_id", "external_id", "title")
 INFER_MIN_SHARE = 0.6  # of a sentence's content words found in the passage it is traced to
 
@@ -466,8 +471,8 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         elif not inferred:  # traced from an earlier sentence, and cited by number here
             cited[n].pop("inferred", None)
 
-    def trace(said: set[str], written: list[int]) -> None:
-        said = _roots(said - POINTER_WORDS)
+    def trace(part: str, written: list[int]) -> None:
+        said = _roots(content_words(_CITATION.sub(" ", part)) - POINTER_WORDS)
         if len(said) < 2:
             return
         need = INFER_MIN_SHARE * len(said)
@@ -478,13 +483,13 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
             add(n, inferred=True)
 
     for sentence in _sentences(text):
-        groups = _CITATION.findall(sentence)
-        written = [n for g in groups for n in map(int, g.split(",")) if n in by_n]
+        marked = (int(d) for m in _CITATION.findall(sentence) for d in re.findall(r"\d+", m))
+        written = [n for n in marked if n in by_n]
         for n in written:
             add(n, inferred=False)
-        trace(content_words(_CITATION.sub(" ", sentence)), written)
+        trace(sentence, written)
     if not cited:
-        trace(content_words(_CITATION.sub(" ", text)), [])
+        trace(text, [])
     return list(cited.values())
 
 

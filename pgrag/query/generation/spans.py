@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pgrag.query.generation.words import (
+    MARKER,
     STOPWORDS,
     is_pointer,
     split_sentences,
@@ -27,7 +28,7 @@ from pgrag.query.generation.words import (
 )
 
 # A sentence of an answer and the citation markers after it: "It was ... 1991. [2]".
-_CITED = re.compile(r"(.+?)((?:\s*\[\d+(?:\s*,\s*\d+)*\])+)", re.DOTALL)
+_CITED = re.compile(rf"(.+?)((?:\s*{MARKER})+)", re.DOTALL)
 
 _NUMBER_WORDS = (
     "one two three four five six seven eight nine ten eleven twelve fifteen twenty thirty "

@@ -26,6 +26,9 @@ def content_words(text: str) -> set[str]:
     return {stem(w) for w in re.findall(r"[a-z0-9]+", text.lower())} - STOPWORDS
 
 
+# A citation marker as answers write it: "[2]", "[1, 3]".
+MARKER = r"\[\d+(?:\s*,\s*\d+)*\]"
+
 # The words with which an answer points at its sources instead of saying something ("Based
 # on the context provided, ...", "This can be found in passage [2]."): no evidence of the
 # passage it came from, and no part of its short answer.
