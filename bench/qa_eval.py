@@ -83,7 +83,7 @@ def ask_one(question: str, collection: str, generator: str, rerank: bool) -> dic
         for event in ask(question, collection, generator=generator, rerank=rerank, timeout_s=600):
             if event.type == "passages":  # kept so that citing can be rescored offline
                 passages = [
-                    {f: p[f] for f in ("n", "external_id", "title", "text")}
+                    {f: p[f] for f in ("n", "external_id", "title", "text", "scores")}
                     for p in event.data["passages"]
                 ]
             if event.type == "status":

@@ -200,6 +200,20 @@ def test_a_sentence_citing_a_passage_without_its_words_is_traced_to_the_one_with
     assert [(c["n"], c.get("inferred")) for c in cite(answer, passages)] == [(1, None), (3, True)]
 
 
+def test_an_answer_restating_its_question_is_traced_by_what_it_adds() -> None:
+    from pgrag.query.answering import cite
+
+    question = "How long does the operations team keep daily backup snapshots under the policy?"
+    # Its words are mostly the question's, which no passage holds (5 of 10 in passage 1);
+    # what it adds, "35 days", is passage 1's.
+    answer = "The operations team keeps daily backup snapshots under the policy for 35 days."
+    assert cite(answer, passage_rows()) == []
+    assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows(), question)] == [(1, True)]
+    # What it adds must still be in a passage.
+    answer = "The operations team keeps daily backup snapshots under the policy for 10 years."
+    assert cite(answer, passage_rows(), question) == []
+
+
 def test_tracing_matches_words_of_one_root() -> None:
     from pgrag.query.answering import cite
 

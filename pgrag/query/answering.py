@@ -235,7 +235,7 @@ def _answer(
         stream.send("token", {"text": text})
     timings["generate"] = _ms(t)
 
-    citations = cite(text, passages)
+    citations = cite(text, passages, question)
     if found and (status := uncited(citations)):
         stream.send("status", status)
     short = concise(question, text) if found else None
@@ -445,17 +445,19 @@ def _roots(words: set[str]) -> set[str]:
     return {w[:5] for w in words}
 
 
-def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The passages that `text` cites, in order of first citation.
+def cite(text: str, passages: Sequence[dict[str, Any]], question: str = "") -> list[dict[str, Any]]:
+    """The passages that `text`, the answer to `question`, cites, in order of first citation.
 
     Each sentence cites the passages of its [n] (or [n, m]) markers; numbers that match no
     passage are ignored. A sentence whose words are not in what it cites (no passage it
     names holds INFER_MIN_SHARE of its content words, or it names none: small models often
     write no number, or the wrong one) is traced back as well: to the passage holding most
     of its content words, when that is at least INFER_MIN_SHARE of them. When nothing is
-    cited, the answer as a whole is traced by the same rule. Words that point at the sources
-    ("based on the context provided") do not count. Traced citations carry
-    `"inferred": true`; what the answer wrote is never dropped.
+    cited, the answer as a whole is traced by the same rule, and then by the words it adds
+    to the question (an answer that restates a long question says little else, and the
+    question's wording need not be any passage's). Words that point at the sources ("based
+    on the context provided") do not count. Traced citations carry `"inferred": true`; what
+    the answer wrote is never dropped.
     """
     if not passages:
         return []
@@ -471,8 +473,8 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         elif not inferred:  # traced from an earlier sentence, and cited by number here
             cited[n].pop("inferred", None)
 
-    def trace(part: str, written: list[int]) -> None:
-        said = _roots(content_words(_CITATION.sub(" ", part)) - POINTER_WORDS)
+    def trace(part: str, written: list[int], known: frozenset[str] = frozenset()) -> None:
+        said = _roots(content_words(_CITATION.sub(" ", part)) - POINTER_WORDS) - known
         if len(said) < 2:
             return
         need = INFER_MIN_SHARE * len(said)
@@ -490,6 +492,8 @@ def cite(text: str, passages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         trace(sentence, written)
     if not cited:
         trace(text, [])
+    if not cited:
+        trace(text, [], known=frozenset(_roots(content_words(question))))
     return list(cited.values())
 
 
