@@ -190,6 +190,11 @@ def test_concise_skips_a_sentence_that_only_points_at_its_source() -> None:
     question = "What does most of the HD material use as a standard?"
     answer = "Most of the HD material uses the DVB-S2 standard. This can be found in [3]."
     assert concise(question, answer) == "DVB-S2 [3]"
+    # "This <one word> was cited in ..." says where, too.
+    answer = (
+        "The lectures were published by Oxford University Press in 1934. This book is cited in [1]."
+    )
+    assert concise("When were the lectures published?", answer) == "1934 [1]"
 
 
 @pytest.mark.parametrize(
@@ -204,6 +209,23 @@ def test_concise_skips_a_sentence_that_only_points_at_its_source() -> None:
             "What rainforest covers the majority of the Amazon basin?",
             "The Amazon rainforest covers most of the Amazon basin, as stated in [1].",
             "The Amazon rainforest covers most of the Amazon basin [1]",
+        ),
+        # Words opening the answer that point at its source; the name after them is one.
+        (
+            "Who registered the most sacks on the team this season?",
+            "According to the context, Kawann Short registered the most sacks, with 11.",
+            "Kawann Short",
+        ),
+        (  # their marker cites the sentence
+            "When was Dudley Simpson most active?",
+            "According to [2], Dudley Simpson was most active during the 1960s and 1970s.",
+            "1960s and 1970s [2]",
+        ),
+        (
+            "Abilene was retired and the new platform is called",
+            "Abilene was retired; the new platform is the Internet2 Network. This "
+            "information is found in the second passage [2].",
+            "Internet2 Network [2]",
         ),
     ],
 )

@@ -22,6 +22,7 @@ from pgrag.query.generation.words import (
     MARKER,
     STOPWORDS,
     is_pointer,
+    leading_pointer,
     split_sentences,
     stem,
     without_pointers,
@@ -174,9 +175,10 @@ def phrases(words: list[Word]) -> list[list[Word]]:
     return trimmed
 
 
-def short_answer(question: str, sentence: str) -> str:
+def short_answer(question: str, sentence: str, opens: bool = True) -> str:
     """The phrase of `sentence` that best answers `question`; the sentence itself when it
-    has no phrase the question does not already say."""
+    has no phrase the question does not already say. `opens`: whether the sentence's first
+    word opens a sentence (its capital then says nothing)."""
     words = words_of(question, sentence)
     kind = answer_kind(question)
     if kind == "name":
@@ -187,7 +189,7 @@ def short_answer(question: str, sentence: str) -> str:
         return min((abs(w.at - a) for a in anchors), default=0)
 
     def strength(w: Word) -> int:
-        found = kind_strength(w.text, kind, w.at == 0)
+        found = kind_strength(w.text, kind, opens and w.at == 0)
         return 2 if kind == "date" and found and day_of_month(words, w) else found
 
     def closeness(run: list[Word]) -> float:
@@ -254,10 +256,17 @@ def as_written(words: list[Word]) -> str:
 def concise(question: str, answer: str) -> str:
     """The short answer inside `answer`'s first cited sentence, followed by that sentence's
     citation markers (any generator's answer: it cites passages as [n])."""
-    found = _CITED.match(answer.strip())
+    answer = answer.strip()
+    lead = leading_pointer(answer)  # "According to [1], ..." cites, and says nothing
+    answer = answer[len(lead) :]
+    found = _CITED.match(answer)
     if found:  # the last sentence before the first marker that says more than where it is
         sentences, markers = split_sentences(found.group(1).strip()), found.group(2).strip()
         sentence = next((s for s in reversed(sentences) if not is_pointer(s)), sentences[-1])
     else:
-        sentence, markers = split_sentences(answer.strip())[0], ""
-    return f"{short_answer(question, without_pointers(sentence))} {markers}".strip()
+        sentence = split_sentences(answer)[0]
+        markers = " ".join(re.findall(MARKER, lead))
+    pointing = leading_pointer(sentence)
+    opens = not pointing and not (lead and answer.startswith(sentence))
+    phrase = short_answer(question, without_pointers(sentence[len(pointing) :]), opens)
+    return f"{phrase} {markers}".strip()

@@ -33,19 +33,30 @@ MARKER = r"\[\d+(?:\s*,\s*\d+)*\]"
 # on the context provided, ...", "This can be found in passage [2]."): no evidence of the
 # passage it came from, and no part of its short answer.
 _POINTER_WORDS = (
-    "according based context evident found mentioned passage provided stated states this shown"
+    "according based cited context evident found information mentioned passage provided stated "
+    "states this shown"
 )
 POINTER_WORDS = frozenset(stem(w) for w in _POINTER_WORDS.split())
 
 
-_SOURCE = r"(?:the\s+)?(?:provided\s+|given\s+)?(?:context\s+)?(?:context|passages?|text|\[\d+\])"
+_SOURCE = (
+    r"(?:the\s+)?(?:provided\s+|given\s+|first\s+|second\s+|third\s+|fourth\s+|fifth\s+)?"
+    r"(?:context\s+)?(?:context|passages?|text|\[\d+\])"
+)
 # "..., as stated in [1]", "... is mentioned in the context.", "..., as stated in" (before
 # the sentence's [n])
 _POINTING = re.compile(
     rf",?\s*\b(?:as\s+)?(?:(?:is|are|was|were)\s+)?(?:stated|mentioned|shown|described|noted|"
-    rf"seen|found|given|explained)\s+in(?:\s+{_SOURCE}.*)?\s*$",
+    rf"seen|found|given|explained|cited)\s+in(?:\s+{_SOURCE}.*)?\s*$",
     re.IGNORECASE,
 )
+# "According to the context, ...", "Based on [2], ...", "The context states that ..."
+_LEADING_POINTING = re.compile(
+    rf"^\s*(?:(?:according\s+to|based\s+on)\s+{_SOURCE}(?:\s*{MARKER})?\s*,?"
+    rf"|{_SOURCE}(?:\s*{MARKER})?\s+(?:states|says|mentions|shows)(?:\s+that)?)\s*",
+    re.IGNORECASE,
+)
+_DEMONSTRATIVE = re.compile(r"\s*(?:this|that|these|those)\b", re.IGNORECASE)
 
 
 def without_pointers(sentence: str) -> str:
@@ -54,10 +65,19 @@ def without_pointers(sentence: str) -> str:
     return _POINTING.sub("", sentence).strip() or sentence
 
 
+def leading_pointer(text: str) -> str:
+    """The words opening `text` that point at its source ("According to the context, ",
+    "Based on [2], ", "The context states that "), or ""."""
+    found = _LEADING_POINTING.match(text)
+    return found.group() if found else ""
+
+
 def is_pointer(sentence: str) -> bool:
     """Whether a sentence only says where its answer is ("This is stated in passage [3].",
-    "This can be seen in the passage")."""
-    return content_words(_POINTING.sub("", sentence)) <= POINTER_WORDS
+    "This can be seen in the passage", "This figure is cited in [2].")."""
+    said = _POINTING.sub("", sentence)
+    rest = content_words(said) - POINTER_WORDS
+    return not rest or (len(rest) == 1 and bool(_DEMONSTRATIVE.match(said)))
 
 
 def split_sentences(text: str) -> list[str]:
