@@ -32,6 +32,11 @@ class StatusData(BaseModel):
     state: Literal["queued", "running", "retrieving", "generating", "restarted"]
     id: uuid.UUID | None = Field(None, description="The question's id (queued)")
     generator: str | None = Field(None, description="The backend that generates (generating)")
+    passages: int | None = Field(
+        None,
+        description="How many of the passages, [1] to [passages], the generator reads "
+        "(generating): the reranked ones near the best (PGRAG_CONTEXT_MARGIN)",
+    )
     reason: str | None = Field(
         None, description="Why the answer starts again (restarted): drop the tokens so far"
     )

@@ -77,6 +77,17 @@ def test_answers_stream_in_order_cite_their_document_and_are_stored(kb: str) -> 
             "batches": batches,
         }
         assert all(("rerank" in p["scores"]) == reranked for p in passages)
+        # The generator reads the reranked passages near the best (PGRAG_CONTEXT_MARGIN, 4
+        # logits), all five without rerank; it cites only those.
+        scores = [p["scores"].get("rerank", 0.0) for p in passages]
+        read = sum(s >= scores[0] - 4 for s in scores) if reranked else 5
+        generating = next(e for e in events if e.data.get("state") == "generating")
+        assert generating.data == {
+            "state": "generating",
+            "generator": "extractive",
+            "passages": read,
+        }
+        assert all(c["n"] <= read for c in done.data["citations"])
         assert row.question_embedding is not None and len(row.question_embedding) == 384
         assert row.started_at is not None and row.finished_at is not None
 

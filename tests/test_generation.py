@@ -214,6 +214,43 @@ def test_an_answer_restating_its_question_is_traced_by_what_it_adds() -> None:
     assert cite(answer, passage_rows(), question) == []
 
 
+def test_the_generator_reads_the_reranked_passages_near_the_best(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pgrag.query.answering import in_context
+    from pgrag.query.retrieval import Passage
+    from pgrag.runtime.settings import get_settings
+
+    def passages(*rerank: float) -> list[Passage]:
+        return [
+            Passage(n, n, f"doc-{n}", None, "text", 0, {}, {"fused": 0.5, "rerank": s})
+            for n, s in enumerate(rerank, 1)
+        ]
+
+    def read(found: list[Passage]) -> list[str]:
+        return [p.external_id for p in in_context(found)]
+
+    get_settings.cache_clear()
+    try:
+        # Within 4 logits of the best (the default margin): the first ones, up to the first
+        # that is not (the order is the reranker's).
+        assert read(passages(7.5, 5.0, 3.5, 2.0, 3.6)) == ["doc-1", "doc-2", "doc-3"]
+        assert read(passages(1.0, -8.0)) == ["doc-1"]
+        assert read(passages(7.5)) == ["doc-1"]
+        assert read([]) == []
+        # Not reranked: all of them.
+        unranked = passages(1.0, -8.0)
+        for p in unranked:
+            del p.scores["rerank"]
+        assert read(unranked) == ["doc-1", "doc-2"]
+        monkeypatch.setenv("PGRAG_CONTEXT_MARGIN", "0")  # the cut off
+        get_settings.cache_clear()
+        assert read(passages(1.0, -8.0)) == ["doc-1", "doc-2"]
+    finally:
+        monkeypatch.delenv("PGRAG_CONTEXT_MARGIN", raising=False)
+        get_settings.cache_clear()
+
+
 def test_tracing_matches_words_of_one_root() -> None:
     from pgrag.query.answering import cite
 

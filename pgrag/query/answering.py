@@ -24,6 +24,7 @@ first_token (picked up -> first piece of the answer) and total (picked up -> don
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
 import uuid
@@ -225,9 +226,11 @@ def _answer(
     stream.send("passages", {"passages": passages})
 
     t = time.perf_counter()
-    if found:
-        stream.send("status", {"state": "generating", "generator": options.generator})
-        text = _generate(stream, collection, question, vector, found, options, timings, started)
+    context = in_context(found)
+    if context:
+        generating = {"generator": options.generator, "passages": len(context)}
+        stream.send("status", {"state": "generating", **generating})
+        text = _generate(stream, collection, question, vector, context, options, timings, started)
     else:
         where = " with these filters" if options.filters else ""
         text = f"No passage of collection {collection.name!r} matches the question{where}."
@@ -235,7 +238,7 @@ def _answer(
         stream.send("token", {"text": text})
     timings["generate"] = _ms(t)
 
-    citations = cite(text, passages, question)
+    citations = cite(text, passages[: len(context)], question)  # what the generator read
     if found and (status := uncited(citations)):
         stream.send("status", status)
     short = concise(question, text) if found else None
@@ -323,6 +326,20 @@ def _generate(
         stopped = {"state": "stopped", "reason": reason, "repeated": guard.repeated}
         stream.send("status", stopped)
     return "".join(pieces).strip()
+
+
+def in_context(passages: list[Passage]) -> list[Passage]:
+    """The passages the generator reads: when they were reranked, those the cross-encoder
+    scores within PGRAG_CONTEXT_MARGIN of the best; all of them otherwise. Reranked passages
+    come best first, so these are the first ones and keep their numbers [n]. A passage
+    scored far below the best rarely answers the question, and a small model reading it
+    often answers from it (docs/quality.md); it also costs prompt tokens."""
+    margin = get_settings().context_margin
+    best = passages[0].scores.get("rerank") if passages else None
+    if margin <= 0 or best is None:
+        return passages
+    near = [p.scores.get("rerank", -math.inf) >= best - margin for p in passages]
+    return passages[: near.index(False) if False in near else len(near)]
 
 
 def _check(question: str, options: Options) -> None:

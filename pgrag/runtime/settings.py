@@ -61,6 +61,10 @@ class Settings:
     rerank_top_n: int = 0
     # A query worker reranks the passages of up to this many questions in one batch.
     rerank_max_questions: int = 16
+    # The generator reads the reranked passages whose cross-encoder score is within this
+    # much of the best one's (logits; docs/quality.md#the-passages-a-generator-reads); 0:
+    # all k of them.
+    context_margin: float = 4.0
     generator: str = "extractive"  # extractive | local | openai
     # Questions one query worker answers at once (threads sharing its models, which embed
     # and rerank the questions in flight together). Sized for a batching LLM server.

@@ -4,6 +4,7 @@ Each event is one stream entry with two fields, `event` (its type) and `data` (a
 object):
 
     status    {"state": "queued" | "running" | "retrieving" | "generating" | "restarted", ...}
+              (generating: the generator, and how many passages, [1] to [m], it reads)
     passages  {"passages": [{n, chunk_id, document_id, external_id, title, text, scores, ...}]}
     token     {"text": "..."}            pieces of the answer, grouped (see `TokenBuffer`)
     done      {"answer", "short_answer", "citations", "timings"}
