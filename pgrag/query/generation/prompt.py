@@ -17,8 +17,8 @@ from pgrag.query.generation import GeneratorError, Source
 
 SYSTEM = (
     "You answer questions using only the given context. If the context does not contain the "
-    "answer, say you don't know. Answer in one or two sentences, and cite the context passages "
-    "you used by their numbers, like [1]."
+    "answer, say you don't know. Answer in one short sentence that uses the exact words of the "
+    "context, and cite the passage you used by its number, like [1]."
 )
 # Tokens a chat template adds around each message (role markers, separators).
 MESSAGE_OVERHEAD = 8
