@@ -3,8 +3,9 @@
     python bench/qa_rescore.py bench/results/qa-eval-<time>.json --folder ../shared/data/xquad-en
 
 Citing (`pgrag.query.answering.cite`) and the short answer (`concise`) are functions of the
-question, the answer's text and its passages, which `qa_eval.py` records for every
-question. So a change to either is measured on the very answers it is meant to improve,
+question, the answer's text and the passages its generator read, which `qa_eval.py` records
+for every question (all k passages, with their scores: those read are cut from them again
+with `in_context`, at the PGRAG_CONTEXT_MARGIN of this process). So a change to either is measured on the very answers it is meant to improve,
 without generating them again (generation is the slow part: minutes to hours for a local
 model on a CPU). Prints, per generator, the recorded scores against the rescored ones, and
 writes JSON (default bench/results/qa-rescore-<time>.json) with every changed answer.
@@ -16,6 +17,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,12 +39,15 @@ def measures(scores: dict[str, Any], citations: list[dict[str, Any]]) -> dict[st
 def rescore(record: dict[str, Any], relevant: set[str]) -> dict[str, Any]:
     """The record's citations, short answer and scores, from the code as it is now."""
     from pgrag.evaluation.answers import score_answer
-    from pgrag.query.answering import cite
+    from pgrag.query.answering import cite, in_context
     from pgrag.query.generation.spans import concise
 
     answer, golds = record["answer"], record["golds"]
-    # Recorded passages keep what citing reads; their row ids are not needed here.
-    passages = [{"chunk_id": None, "document_id": None, **p} for p in record["passages"]]
+    # Recorded passages keep what citing reads; their row ids are not needed here. The
+    # generator read those its query worker kept (`in_context`, from their rerank scores).
+    found = [SimpleNamespace(scores=p.get("scores") or {}) for p in record["passages"]]
+    read = record["passages"][: len(in_context(found))]  # type: ignore[arg-type]
+    passages = [{"chunk_id": None, "document_id": None, **p} for p in read]
     citations = cite(answer, passages, record["question"])
     short = concise(record["question"], answer) if record["passages"] else None
     cited = [c["external_id"] for c in citations]

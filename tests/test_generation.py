@@ -209,6 +209,11 @@ def test_an_answer_restating_its_question_is_traced_by_what_it_adds() -> None:
     answer = "The operations team keeps daily backup snapshots under the policy for 35 days."
     assert cite(answer, passage_rows()) == []
     assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows(), question)] == [(1, True)]
+    # One word is enough when it is all the answer adds.
+    question = "Which office of the company's European network opens early on weekdays?"
+    answer = "The office of the company's European network which opens early on weekdays is Lisbon."
+    assert cite(answer, passage_rows()) == []
+    assert [(c["n"], c["inferred"]) for c in cite(answer, passage_rows(), question)] == [(3, True)]
     # What it adds must still be in a passage.
     answer = "The operations team keeps daily backup snapshots under the policy for 10 years."
     assert cite(answer, passage_rows(), question) == []

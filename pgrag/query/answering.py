@@ -492,7 +492,7 @@ def cite(text: str, passages: Sequence[dict[str, Any]], question: str = "") -> l
 
     def trace(part: str, written: list[int], known: frozenset[str] = frozenset()) -> None:
         said = _roots(content_words(_CITATION.sub(" ", part)) - POINTER_WORDS) - known
-        if len(said) < 2:
+        if len(said) < (1 if known else 2):  # one word is all a short answer adds: "Rollo"
             return
         need = INFER_MIN_SHARE * len(said)
         if any(len(said & words[n]) >= need for n in written):
