@@ -5,10 +5,11 @@
 Citing (`pgrag.query.answering.cite`) and the short answer (`concise`) are functions of the
 question, the answer's text and the passages its generator read, which `qa_eval.py` records
 for every question (all k passages, with their scores: those read are cut from them again
-with `in_context`, at the PGRAG_CONTEXT_MARGIN of this process). So a change to either is measured on the very answers it is meant to improve,
-without generating them again (generation is the slow part: minutes to hours for a local
-model on a CPU). Prints, per generator, the recorded scores against the rescored ones, and
-writes JSON (default bench/results/qa-rescore-<time>.json) with every changed answer.
+with `in_context`, at the PGRAG_CONTEXT_MARGIN of this process). So a change to either is
+measured on the very answers it is meant to improve, without generating them again
+(generation is the slow part: minutes to hours for a local model on a CPU). Prints, per
+generator, the recorded scores against the rescored ones, and writes JSON (default
+bench/results/qa-rescore-<time>.json) with every changed answer.
 """
 
 from __future__ import annotations
