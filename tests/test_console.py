@@ -120,6 +120,11 @@ def test_ask_streams_tokens_and_a_citation_opens_its_passage(
     timings = browser.text(driver, "#answer .timings")
     assert "total" in timings and "recall" in timings
     assert browser.text(driver, "#answer .short span") not in ("", "(none)")
+    # The generating event said how many passages the generator read; citations are of those.
+    read = int(section.get_attribute("data-read") or 0)
+    assert 1 <= read <= 5
+    cites = section.find_elements(By.CSS_SELECTOR, ".citations button.cite")
+    assert cites and all(1 <= int(b.get_attribute("data-n")) <= read for b in cites)
 
     # The citation of the document that answers it opens that passage's stored text.
     items = section.find_elements(By.CSS_SELECTOR, ".citations li")

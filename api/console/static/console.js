@@ -202,6 +202,7 @@ async function ask(form) {
   tokens.dataset.tokens = "0";
   delete section.dataset.firstTokenMs;
   delete section.dataset.state;
+  delete section.dataset.read;
   $(".citations", section).replaceChildren();
   $(".timings tbody", section).replaceChildren();
   $(".short span", section).textContent = "";
@@ -221,7 +222,14 @@ async function ask(form) {
   const passages = new Map();
   for await (const event of events(stream)) {
     const data = event.data;
-    if (event.type === "status") status.textContent = data.state;
+    if (event.type === "status") {
+      status.textContent = data.state;
+      if (data.passages) {
+        // generating: the generator reads passages [1] to [m] (the reranked ones near the best)
+        section.dataset.read = String(data.passages);
+        status.textContent += data.passages > 1 ? ` from [1]-[${data.passages}]` : " from [1]";
+      }
+    }
     else if (event.type === "passages") {
       for (const p of data.passages) passages.set(p.n, p);
       const link = $(".on-map", section);
