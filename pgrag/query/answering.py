@@ -31,6 +31,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
+from itertools import takewhile
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -338,8 +339,7 @@ def in_context(passages: list[Passage]) -> list[Passage]:
     best = passages[0].scores.get("rerank") if passages else None
     if margin <= 0 or best is None:
         return passages
-    near = [p.scores.get("rerank", -math.inf) >= best - margin for p in passages]
-    return passages[: near.index(False) if False in near else len(near)]
+    return list(takewhile(lambda p: p.scores.get("rerank", -math.inf) >= best - margin, passages))
 
 
 def _check(question: str, options: Options) -> None:
