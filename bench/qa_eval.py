@@ -271,9 +271,8 @@ def main() -> None:
                 try:
                     for i, q in enumerate(sample, 1):
                         result = ask_one(data.queries[q], collection, run.generator, rerank)
-                        relevant = {d for d, r in data.qrels[q].items() if r > 0}
                         result["scores"] = (
-                            score(result, golds[q], relevant) if "answer" in result else {}
+                            score(result, golds[q], data.relevant(q)) if "answer" in result else {}
                         )
                         result["runaway"] = runaway(result, count_tokens)
                         records.append(

@@ -79,10 +79,9 @@ def main() -> None:
             {"n": n, "external_id": p.external_id, "title": p.title, "text": p.text}
             for n, p in enumerate(context, 1)
         ]
-        relevant = {d for d, v in data.qrels[r["id"]].items() if v > 0}
         record = {f: r[f] for f in ("id", "question", "golds")}
         record |= {"event": "done", "answer": answer, "passages": passages}
-        records.append(record | rescore(record, relevant))
+        records.append(record | rescore(record, data.relevant(r["id"])))
     seconds = time.perf_counter() - started
 
     def share(measure: Any) -> float:

@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import default_out, print_table, write_json
+from bench.qa_eval import score
 
 MEASURES = ("cites_gold", "short_contains", "short_f1", "cites_none")
 
@@ -39,11 +40,10 @@ def measures(scores: dict[str, Any], citations: list[dict[str, Any]]) -> dict[st
 
 def rescore(record: dict[str, Any], relevant: set[str]) -> dict[str, Any]:
     """The record's citations, short answer and scores, from the code as it is now."""
-    from pgrag.evaluation.answers import score_answer
     from pgrag.query.answering import cite, in_context
     from pgrag.query.generation.spans import concise
 
-    answer, golds = record["answer"], record["golds"]
+    answer = record["answer"]
     # Recorded passages keep what citing reads; their row ids are not needed here. The
     # generator read those its query worker kept (`in_context`, from their rerank scores).
     found = [SimpleNamespace(scores=p.get("scores") or {}) for p in record["passages"]]
@@ -51,12 +51,12 @@ def rescore(record: dict[str, Any], relevant: set[str]) -> dict[str, Any]:
     passages = [{"chunk_id": None, "document_id": None, **p} for p in read]
     citations = cite(answer, passages, record["question"])
     short = concise(record["question"], answer) if record["passages"] else None
-    cited = [c["external_id"] for c in citations]
-    scores = {
-        "answer": score_answer(answer, golds, cited, relevant),
-        "short_answer": score_answer(short or "", golds, cited, relevant),
+    new = {"answer": answer, "short_answer": short, "citations": citations}
+    return {
+        "citations": citations,
+        "short_answer": short,
+        "scores": score(new, record["golds"], relevant),
     }
-    return {"citations": citations, "short_answer": short, "scores": scores}
 
 
 def main() -> None:
@@ -79,8 +79,7 @@ def main() -> None:
         after = {m: 0.0 for m in MEASURES}
         changed[generator] = []
         for r in done:
-            relevant = {d for d, v in data.qrels[r["id"]].items() if v > 0}
-            new = rescore(r, relevant)
+            new = rescore(r, data.relevant(r["id"]))
             old = measures(r["scores"], r["citations"])
             now = measures(new["scores"], new["citations"])
             for m in MEASURES:  # over every question asked: a failed one counts as 0

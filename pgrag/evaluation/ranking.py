@@ -86,6 +86,10 @@ class BeirData:
     def corpus_path(self) -> Path:
         return self.folder / "corpus.jsonl"
 
+    def relevant(self, query_id: str) -> set[str]:
+        """The documents judged relevant to a query."""
+        return {d for d, r in self.qrels[query_id].items() if r > 0}
+
 
 def load_beir(folder: str | Path, split: str = "test") -> BeirData:
     """Queries and judgments of a BEIR folder (the corpus stays on disk for ingestion)."""
